@@ -1,0 +1,1 @@
+"""A local Managed Agents API: the subset idlehook uses, webhooks signed like Anthropic's."""

@@ -1,0 +1,1 @@
+"""Handler plugins: the Protocol, discovery, routing, retries, the worker, built-ins."""

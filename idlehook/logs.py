@@ -1,0 +1,74 @@
+"""configure_logging(): one structlog pipeline, JSON in production, readable on a terminal.
+
+Secrets never reach a log line: `redact_secrets` masks well-known secret keys wherever they appear
+in an event dict, and tracebacks are rendered without frame locals (a local `api_key` would
+otherwise land in the log).
+"""
+
+import logging
+import re
+import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+_SECRET_KEY = re.compile(
+    r"(api[_-]?key|token|secret|signing[_-]?key|authorization|password|webhook-signature)",
+    re.IGNORECASE,
+)
+_SECRET_VALUE = re.compile(r"(whsec_[A-Za-z0-9+/=]{8,}|sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+)")
+REDACTED = "**********"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRET_VALUE.sub(REDACTED, value)
+    if isinstance(value, Mapping):
+        return {
+            k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) else _scrub(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    out: MutableMapping[str, Any] = {}
+    for key, value in event_dict.items():
+        out[key] = REDACTED if _SECRET_KEY.search(key) else _scrub(value)
+    return dict(out)
+
+
+def configure_logging(json: bool | None = None, level: str = "INFO", cache: bool = True) -> None:
+    if json is None:
+        json = not sys.stdout.isatty()
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    tail: list[Any]
+    if json:
+        tail = [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            redact_secrets,
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        tail = [
+            redact_secrets,
+            structlog.dev.ConsoleRenderer(
+                exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+            ),
+        ]
+    structlog.configure(
+        processors=shared + tail,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=cache,
+    )

@@ -1,0 +1,169 @@
+"""Settings: one object, read once per process, passed down.
+
+Sources, highest first: keyword arguments (tests), environment (`IDLEHOOK_*`, plus the SDK's own
+`ANTHROPIC_*` names), the TOML file (`--config`, default `./idlehook.toml`), then defaults. This
+module is the only reader of the environment.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_PATH = Path("idlehook.toml")
+
+
+class RouteRule(BaseModel):
+    """One routing rule: when every given condition matches, run `handlers` in order.
+
+    Conditions left empty match anything. `event_types` matches the webhook `data.type`;
+    the others are facts fetched from the session when the rule needs them.
+    """
+
+    name: str = ""
+    event_types: list[str] = Field(default_factory=list)
+    stop_reasons: list[str] = Field(default_factory=list)
+    statuses: list[str] = Field(default_factory=list)
+    agent_ids: list[str] = Field(default_factory=list)
+    deployment_ids: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    handlers: list[str]
+
+
+def default_routes() -> list[RouteRule]:
+    idle = ["session.status_idled", "session.idled"]
+    terminated = ["session.status_terminated"]
+    return [
+        RouteRule(name="finished", event_types=idle, stop_reasons=["end_turn"],
+                  handlers=["archive", "log"]),
+        RouteRule(name="terminated", event_types=terminated, handlers=["archive", "log"]),
+    ]
+
+
+class WorkerSettings(BaseModel):
+    concurrency: int = Field(default=8, ge=1, le=256)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_seconds: float = Field(default=0.5, gt=0)
+    max_attempts: int = Field(default=6, ge=1)
+    backoff_base_seconds: float = Field(default=2.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+
+
+class ForwardSettings(BaseModel):
+    url: str | None = None
+    secret: SecretStr | None = None
+    timeout_seconds: float = 10.0
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IDLEHOOK_",
+        env_nested_delimiter="__",
+        populate_by_name=True,
+        extra="ignore",
+    )
+
+    # Where state lives. SQLite (WAL) by default; a postgresql:// URL scales out.
+    database_url: str = "sqlite:///idlehook-data/idlehook.db"
+    data_dir: Path = Path("idlehook-data")
+    results_dir: Path = Path("idlehook-data/results")
+
+    # The API client, under the SDK's own variable names.
+    api_key: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=AliasChoices("api_key", "ANTHROPIC_API_KEY", "IDLEHOOK_API_KEY"),
+    )
+    base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("base_url", "ANTHROPIC_BASE_URL", "IDLEHOOK_BASE_URL"),
+    )
+    # Several keys are accepted at once during rotation: comma or whitespace separated.
+    webhook_signing_keys: list[SecretStr] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices(
+            "webhook_signing_keys", "ANTHROPIC_WEBHOOK_SIGNING_KEY", "IDLEHOOK_WEBHOOK_SIGNING_KEYS"
+        ),
+    )
+    # Bearer token for the management endpoints (POST /sessions, approvals, the web page).
+    api_token: SecretStr | None = None
+
+    # Who this instance is: stamped on every session it launches as metadata `idlehook_owner`.
+    owner: str = "idlehook"
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    timestamp_tolerance_seconds: int = 300
+    json_logs: bool | None = None  # None: JSON when stdout is not a terminal
+
+    routes: list[RouteRule] = Field(default_factory=default_routes)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
+
+    # The API's rate limits (requests per minute), shared by every worker through the store.
+    create_rpm: int = Field(default=300, ge=1)
+    read_rpm: int = Field(default=600, ge=1)
+
+    @field_validator("webhook_signing_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.replace(",", " ").split() if part]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = _toml_override or _config_path_from_env()
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path is not None and toml_path.exists():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config: Path | None = None, **overrides: Any) -> "Settings":
+        """Build the settings for this process, reading `config` (TOML) if given."""
+        global _toml_override
+        if config is not None and not config.exists():
+            raise FileNotFoundError(f"config file not found: {config}")
+        previous, _toml_override = _toml_override, config
+        try:
+            return cls(**overrides)
+        finally:
+            _toml_override = previous
+
+    def signing_key_values(self) -> list[str]:
+        return [key.get_secret_value() for key in self.webhook_signing_keys]
+
+
+# Set only for the duration of Settings.load(config=...): keeps env above the file.
+_toml_override: Path | None = None
+
+
+def _config_path_from_env() -> Path | None:
+    raw = os.environ.get("IDLEHOOK_CONFIG")
+    if raw:
+        return Path(raw)
+    return DEFAULT_CONFIG_PATH
+
+
+def env_flag(name: str) -> bool:
+    """A boolean switch from the environment, for test and CI wiring only."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_value(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(name, default)

@@ -1,0 +1,1 @@
+"""The HTTP edge: signed-webhook intake, health, metrics, management endpoints."""

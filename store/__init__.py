@@ -1,0 +1,1 @@
+"""Durable state: deliveries, tracked sessions, handler runs. Knows SQL, never HTTP."""

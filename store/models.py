@@ -1,0 +1,147 @@
+"""SQLModel tables. The schema is owned by alembic (store/migrations); this is its Python face.
+
+Every timestamp is stored as UTC and read back timezone-aware, on SQLite and PostgreSQL alike.
+"""
+
+# No `from __future__ import annotations` here: SQLModel needs the real types (sqlmodel#196).
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Naive UTC in the database, aware UTC in Python: one behaviour on both engines."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+def ts_column(nullable: bool = True, index: bool = False) -> Any:
+    return sa.Column(UTCDateTime(), nullable=nullable, index=index)
+
+
+def json_column() -> Any:
+    return sa.Column(sa.JSON(), nullable=False, default=dict)
+
+
+class Source(StrEnum):
+    WEBHOOK = "webhook"
+    RECONCILE = "reconcile"
+
+
+class RunState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # failed at least once, waiting for its next attempt
+    DEAD = "dead"  # out of attempts: a dead letter, replayable
+
+
+UNFINISHED_STATES = (RunState.PENDING, RunState.RUNNING, RunState.FAILED)
+
+
+class Delivery(SQLModel, table=True):
+    """One webhook notification as received (or synthesised by the reconciler)."""
+
+    __tablename__ = "deliveries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # The webhook event id (`id` == `webhook-id`): the de-duplication key.
+    event_id: str = Field(max_length=200, sa_column_kwargs={"unique": True})
+    event_type: str = Field(max_length=200, index=True)
+    resource_id: str = Field(max_length=200)  # data.id
+    session_id: str | None = Field(default=None, max_length=200, index=True)
+    event_created_at: datetime | None = Field(default=None, sa_column=ts_column())
+    received_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False, index=True))
+    source: str = Field(default=Source.WEBHOOK, max_length=20)
+    body: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    headers: dict[str, str] = Field(default_factory=dict, sa_column=json_column())
+    secret_index: int | None = None  # which configured signing key matched
+    duplicates: int = 0  # how many more times the same event id arrived
+    last_duplicate_at: datetime | None = Field(default=None, sa_column=ts_column())
+
+
+class TrackedSession(SQLModel, table=True):
+    """A session idlehook launched or has heard of, and what it knows about it."""
+
+    __tablename__ = "tracked_sessions"
+
+    id: str = Field(primary_key=True, max_length=200)
+    owner: str | None = Field(default=None, max_length=200)
+    launched_by_us: bool = False
+    agent_id: str | None = Field(default=None, max_length=200)
+    agent_version: int | None = None
+    environment_id: str | None = Field(default=None, max_length=200)
+    deployment_id: str | None = Field(default=None, max_length=200)
+    route: str | None = Field(default=None, max_length=200)
+    title: str | None = None
+    # `metadata` is reserved on SQLModel classes; the column keeps the API's name.
+    session_metadata: dict[str, str] = Field(
+        default_factory=dict, sa_column=sa.Column("metadata", sa.JSON(), nullable=False)
+    )
+    deadline: datetime | None = Field(default=None, sa_column=ts_column())
+    status: str | None = Field(default=None, max_length=40, index=True)
+    stop_reason: str | None = Field(default=None, max_length=60)
+    status_at: datetime | None = Field(default=None, sa_column=ts_column())
+    last_webhook_at: datetime | None = Field(default=None, sa_column=ts_column())
+    created_at: datetime | None = Field(default=None, sa_column=ts_column())
+    first_seen_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    result_captured_at: datetime | None = Field(default=None, sa_column=ts_column())
+    transcript_saved_at: datetime | None = Field(default=None, sa_column=ts_column())
+    archived_at: datetime | None = Field(default=None, sa_column=ts_column())
+    deleted_at: datetime | None = Field(default=None, sa_column=ts_column(index=True))
+    active_seconds: float | None = None
+    cost_usd: float | None = None
+
+
+class HandlerRun(SQLModel, table=True):
+    """One handler's work on one delivery: the unit the worker claims under a lease.
+
+    `lane` serialises work: runs that share a lane (a session's id) are processed one at a time,
+    ordered by (delivery_id, position). Position 0 is the routing step, which fetches what the
+    route needs and then adds the routed handlers' runs at positions 1..n.
+    """
+
+    __tablename__ = "handler_runs"
+    __table_args__ = (
+        sa.UniqueConstraint("delivery_id", "handler", name="uq_handler_runs_delivery_handler"),
+        sa.Index("ix_handler_runs_claim", "state", "next_attempt_at"),
+        sa.Index("ix_handler_runs_lane_order", "lane", "delivery_id", "position"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="deliveries.id")
+    lane: str = Field(max_length=200)
+    position: int = 0
+    handler: str = Field(max_length=100)
+    state: str = Field(default=RunState.PENDING, max_length=20)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=ts_column())
+    last_error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    duration_ms: float | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    finished_at: datetime | None = Field(default=None, sa_column=ts_column())
