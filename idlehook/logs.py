@@ -42,6 +42,20 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return dict(out)
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of the write, not at configure time.
+
+    A logger bound to the stream object seen at configuration keeps writing to it after it was
+    swapped (pytest's capture, a daemon's redirect) and fails once it is closed.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(json: bool | None = None, level: str = "INFO", cache: bool = True) -> None:
     if json is None:
         json = not sys.stdout.isatty()
@@ -69,6 +83,6 @@ def configure_logging(json: bool | None = None, level: str = "INFO", cache: bool
     structlog.configure(
         processors=shared + tail,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=cache,
     )

@@ -1,0 +1,176 @@
+"""The Emulator object: config, clocks, state, sender, ledger and limiter in one place, plus
+the few helpers every service shares (session events, status changes, session JSON). Routes,
+the control API and in-process tests all call the same methods."""
+
+import asyncio
+import random
+from collections import Counter
+from typing import Any
+
+import httpx
+import structlog
+
+from emulator.billing import Ledger
+from emulator.clock import SpeedClock, rfc3339
+from emulator.config import EmulatorConfig
+from emulator.ids import new_id
+from emulator.ratelimit import RateLimiter
+from emulator.sender import WebhookSender
+from emulator.state import SessionRecord, Store
+
+log = structlog.get_logger(__name__)
+
+# Status transitions -> webhook types: the documented family, then the second family.
+STATUS_WEBHOOKS = {
+    "running": "session.status_run_started",
+    "idle": "session.status_idled",
+    "terminated": "session.status_terminated",
+    "rescheduling": "session.status_rescheduled",
+}
+SECOND_FAMILY = {"running": "session.running", "idle": "session.idled"}
+
+
+class Emulator:
+    def __init__(
+        self,
+        config: EmulatorConfig | None = None,
+        *,
+        clock: SpeedClock | None = None,
+        rng: random.Random | None = None,
+        webhook_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config or EmulatorConfig()
+        self.clock = clock or SpeedClock(self.config.speed)
+        self.clock.set_speed(self.config.speed)
+        self.rng = rng or random.Random()
+        self.store = Store()
+        self.sender = WebhookSender(lambda: self.config, self.clock, self.rng, webhook_transport)
+        self.ledger = Ledger()
+        self.limiter = RateLimiter(self.clock.elapsed)
+        self.requests: Counter[str] = Counter()
+        self.rate_limited: Counter[str] = Counter()
+        self.creates: Counter[str] = Counter()
+        self.faults_injected: Counter[str] = Counter()
+        self.background: set[asyncio.Task[None]] = set()
+
+    # -- config and lifecycle ----------------------------------------------------------
+
+    def apply_config(self, patch: dict[str, Any]) -> EmulatorConfig:
+        new = self.config.merged(patch)
+        if new.speed != self.config.speed:
+            self.clock.set_speed(new.speed)
+        for url in set(new.webhook_urls) - set(self.config.webhook_urls):
+            self.sender.enable(url)
+        self.config = new
+        return new
+
+    def reset(self) -> None:
+        """Forget all state (not the config): between tests sharing one server."""
+        for record in self.store.sessions.values():
+            if record.task is not None:
+                record.task.cancel()
+            for queue in record.subscribers:
+                queue.put_nowait(None)
+        self.store = Store()
+        self.sender.reset()
+        self.ledger = Ledger()
+        self.limiter.reset()
+        for counter in (self.requests, self.rate_limited, self.creates, self.faults_injected):
+            counter.clear()
+
+    def spawn(self, coro: Any) -> "asyncio.Task[None]":
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def aclose(self) -> None:
+        for record in self.store.sessions.values():
+            if record.task is not None:
+                record.task.cancel()
+            for queue in record.subscribers:
+                queue.put_nowait(None)
+        for task in list(self.background):
+            task.cancel()
+        await self.sender.aclose()
+
+    # -- webhooks ----------------------------------------------------------------------
+
+    def webhook(self, data_type: str, data_id: str, **extra: Any) -> None:
+        self.sender.emit(data_type, data_id, **extra)
+
+    def second_family(self, data_type: str, data_id: str) -> None:
+        if self.config.second_family:
+            self.sender.emit(data_type, data_id)
+
+    # -- session events and status -----------------------------------------------------
+
+    def session_event(
+        self, record: SessionRecord, kind: str, *, preview: bool = False, **fields: Any
+    ) -> dict[str, Any]:
+        event = {"id": new_id("sevt_"), "type": kind, "processed_at": rfc3339(self.clock.now())}
+        event.update(fields)
+        self.append_event(record, event, preview=preview)
+        return event
+
+    def append_event(
+        self, record: SessionRecord, event: dict[str, Any], *, preview: bool = False
+    ) -> None:
+        record.events.append(event)
+        for queue in list(record.subscribers):
+            if preview and id(queue) in record.delta_subscribers:
+                queue.put_nowait(
+                    {"type": "event_start", "event": {"type": event["type"], "id": event["id"]}}
+                )
+                for i, block in enumerate(event.get("content", [])):
+                    queue.put_nowait(
+                        {
+                            "type": "event_delta",
+                            "event_id": event["id"],
+                            "delta": {"type": "content_delta", "index": i, "content": block},
+                        }
+                    )
+            queue.put_nowait(event)
+
+    def set_status(self, record: SessionRecord, status: str) -> None:
+        if record.status == status and status != "idle":
+            return
+        now = self.clock.elapsed()
+        if status == "running" and record.running_since is None:
+            record.running_since = now
+            self.ledger.started(record.id, now)
+        elif status != "running" and record.running_since is not None:
+            record.active_seconds += now - record.running_since
+            record.running_since = None
+            self.ledger.stopped(record.id, now)
+        if status == "terminated":
+            record.ended_emulated = now
+        record.status = status
+        record.updated_at = self.clock.now()
+        self.webhook(STATUS_WEBHOOKS[status], record.id)
+        if status in SECOND_FAMILY:
+            self.second_family(SECOND_FAMILY[status], record.id)
+        log.info("session.status", session_id=record.id, status=status)
+
+    def active_seconds(self, record: SessionRecord) -> float:
+        extra = 0.0
+        if record.running_since is not None:
+            extra = self.clock.elapsed() - record.running_since
+        return record.active_seconds + extra
+
+    def session_json(self, record: SessionRecord) -> dict[str, Any]:
+        end = record.ended_emulated if record.ended_emulated is not None else self.clock.elapsed()
+        active = round(self.active_seconds(record), 3)
+        usage = dict(record.usage)
+        usage["active_seconds"] = active
+        return {
+            **record.body,
+            "status": record.status,
+            "stats": {
+                "active_seconds": active,
+                "duration_seconds": round(max(0.0, end - record.created_emulated), 3),
+            },
+            "usage": usage,
+            "updated_at": rfc3339(record.updated_at or record.created_at),
+            "archived_at": rfc3339(record.archived_at) if record.archived_at else None,
+        }

@@ -1,0 +1,285 @@
+"""Drives a session's scripted turn on the event loop: running, agent events spread over the
+run time (emulated), then idle with a stop_reason, or termination. Blocking tool calls park the
+turn in `record.remaining` until the answers arrive through `resume`."""
+
+import asyncio
+from typing import Any
+
+import structlog
+
+from emulator.clock import rfc3339
+from emulator.core import Emulator
+from emulator.ids import new_id
+from emulator.scripts import (
+    Fail,
+    ProduceFile,
+    ReachBudget,
+    Reschedule,
+    Say,
+    Step,
+    UseCustomTool,
+    UseTool,
+    choose_script,
+    is_blocking,
+    steps_for,
+)
+from emulator.state import SessionRecord
+from emulator.validation import message_text
+
+log = structlog.get_logger(__name__)
+
+INPUT_TOKENS_PER_REQUEST = 1200
+OUTPUT_TOKENS_PER_REQUEST = 180
+# List prices used for usage.list_cost, USD per million tokens.
+INPUT_USD_PER_MTOK = 3.0
+OUTPUT_USD_PER_MTOK = 15.0
+
+
+def empty_usage() -> dict[str, Any]:
+    return {
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "cache_read_input_tokens": 0,
+        "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+        "list_cost": {"amount": "0", "currency": "USD"},
+        "server_tool_use": {"web_search_requests": 0, "web_fetch_requests": 0},
+    }
+
+
+def run_seconds(emu: Emulator, record: SessionRecord) -> float:
+    raw = record.body["metadata"].get("emulator_run_seconds")
+    if raw is not None:
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            pass
+    return emu.config.run_seconds
+
+
+def steps_for_message(emu: Emulator, record: SessionRecord, message: dict[str, Any]) -> list[Step]:
+    first_text = record.first_text
+    text = message_text(message) if message.get("type") == "user.message" else None
+    script = choose_script(record.body["metadata"], text or first_text, emu.config.default_script)
+    return steps_for(script)
+
+
+def start_turn(
+    emu: Emulator,
+    record: SessionRecord,
+    steps: list[Step],
+    answers: list[dict[str, Any]] | None = None,
+) -> None:
+    record.remaining = list(steps)
+    # Running at once, so a create with initial_events answers `running` as the real API does.
+    emu.session_event(record, "session.status_running")
+    emu.set_status(record, "running")
+    _outcomes(record, "running")
+    record.task = emu.spawn(_drive(emu, record, answers or []))
+
+
+def interrupt(emu: Emulator, record: SessionRecord) -> None:
+    if record.task is not None and record.task is not asyncio.current_task():
+        record.task.cancel()
+    record.task = None
+    record.remaining = []
+    record.blocking.clear()
+    record.queued_messages.clear()
+    if record.status in ("running", "idle"):
+        _idle(emu, record, {"type": "end_turn"})
+
+
+async def _drive(emu: Emulator, record: SessionRecord, answers: list[dict[str, Any]]) -> None:
+    try:
+        await _run(emu, record, answers)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("runner.crashed", session_id=record.id)
+
+
+async def _run(emu: Emulator, record: SessionRecord, answers: list[dict[str, Any]]) -> None:
+    delay = run_seconds(emu, record) / max(1, len(record.remaining) + len(answers) + 1)
+    for answer in answers:
+        await emu.clock.sleep(delay)
+        _answer(emu, record, answer)
+    pending: list[str] = []
+    while True:
+        while record.remaining:
+            step = record.remaining.pop(0)
+            await emu.clock.sleep(delay)
+            if record.deleted:
+                return
+            event_id = _execute(emu, record, step)
+            if isinstance(step, Fail) and step.retry_status == "terminal":
+                return _terminate(emu, record)
+            if isinstance(step, Fail):
+                record.remaining = []
+                record.queued_messages.clear()
+                return _idle(emu, record, {"type": "retries_exhausted"})
+            if isinstance(step, ReachBudget):
+                record.budget_paused = True
+                record.remaining = [Say("Resumed after the budget change.")]
+                return _idle(emu, record, {"type": "budget_reached"})
+            if event_id is not None:
+                pending.append(event_id)
+                record.blocking[event_id] = "custom" if isinstance(step, UseCustomTool) else "tool"
+                if not (record.remaining and is_blocking(record.remaining[0])):
+                    return _idle(emu, record, {"type": "requires_action", "event_ids": pending})
+        if not record.queued_messages:
+            break
+        message = record.queued_messages.pop(0)
+        record.remaining = steps_for_message(emu, record, message)
+    await emu.clock.sleep(delay)
+    _outcomes(record, "satisfied", emu)
+    _idle(emu, record, {"type": "end_turn"})
+
+
+def _execute(emu: Emulator, record: SessionRecord, step: Step) -> str | None:
+    """Emit the events for one step; returns the event id when the step blocks the turn."""
+    if isinstance(step, Say):
+        start = emu.session_event(record, "span.model_request_start")
+        emu.session_event(
+            record, "agent.message", preview=True, content=[{"type": "text", "text": step.text}]
+        )
+        _add_usage(record)
+        emu.session_event(
+            record,
+            "span.model_request_end",
+            model_request_start_id=start["id"],
+            is_error=False,
+            model_usage={
+                "input_tokens": INPUT_TOKENS_PER_REQUEST,
+                "output_tokens": OUTPUT_TOKENS_PER_REQUEST,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        )
+        return None
+    if isinstance(step, UseTool):
+        permission = "ask" if step.ask else "allow"
+        policy = "always_ask" if step.ask else "always_allow"
+        use = emu.session_event(
+            record,
+            "agent.tool_use",
+            name=step.name,
+            input={"command": "echo hello"},
+            evaluated_permission=permission,
+            evaluation={"type": policy},
+        )
+        if step.ask:
+            return str(use["id"])
+        _tool_result(emu, record, use["id"], "hello")
+        return None
+    if isinstance(step, UseCustomTool):
+        use = emu.session_event(
+            record, "agent.custom_tool_use", name=step.name, input={"query": "emulator"}
+        )
+        return str(use["id"])
+    if isinstance(step, Fail):
+        emu.session_event(
+            record,
+            "session.error",
+            error={
+                "type": "model_request_failed_error"
+                if step.retry_status == "exhausted"
+                else "unknown_error",
+                "message": f"Scripted failure ({step.retry_status}).",
+                "retry_status": {"type": step.retry_status},
+            },
+        )
+        return None
+    if isinstance(step, Reschedule):
+        emu.session_event(
+            record,
+            "session.error",
+            error={
+                "type": "model_overloaded_error",
+                "message": "Scripted transient error.",
+                "retry_status": {"type": "retrying"},
+            },
+        )
+        emu.session_event(record, "session.status_rescheduled")
+        emu.set_status(record, "rescheduling")
+        emu.session_event(record, "session.status_running")
+        emu.set_status(record, "running")
+        return None
+    if isinstance(step, ReachBudget):
+        emu.session_event(record, "session.usage", usage=dict(record.usage))
+        emu.webhook("session.budget_reached", record.id)
+        return None
+    if isinstance(step, ProduceFile):
+        _produce_file(emu, record, step.filename)
+        return None
+    raise AssertionError(f"unhandled step {step!r}")
+
+
+def _answer(emu: Emulator, record: SessionRecord, answer: dict[str, Any]) -> None:
+    if answer["type"] == "user.tool_confirmation":
+        if answer["result"] == "allow":
+            _tool_result(emu, record, answer["tool_use_id"], "hello")
+        else:
+            message = answer.get("deny_message") or "The user denied this tool call."
+            _tool_result(emu, record, answer["tool_use_id"], message, is_error=True)
+            _execute(emu, record, Say(f"Understood, not running it: {message}"))
+
+
+def _tool_result(
+    emu: Emulator, record: SessionRecord, tool_use_id: str, text: str, is_error: bool = False
+) -> None:
+    emu.session_event(
+        record,
+        "agent.tool_result",
+        tool_use_id=tool_use_id,
+        content=[{"type": "text", "text": text}],
+        is_error=is_error,
+    )
+
+
+def _idle(emu: Emulator, record: SessionRecord, stop_reason: dict[str, Any]) -> None:
+    emu.session_event(record, "session.status_idle", stop_reason=stop_reason)
+    emu.set_status(record, "idle")
+    if stop_reason["type"] == "requires_action":
+        emu.second_family("session.requires_action", record.id)
+
+
+def _terminate(emu: Emulator, record: SessionRecord) -> None:
+    record.remaining = []
+    record.blocking.clear()
+    record.queued_messages.clear()
+    emu.session_event(record, "session.status_terminated")
+    emu.set_status(record, "terminated")
+
+
+def _add_usage(record: SessionRecord) -> None:
+    usage = record.usage
+    usage["input_tokens"] += INPUT_TOKENS_PER_REQUEST
+    usage["output_tokens"] += OUTPUT_TOKENS_PER_REQUEST
+    usd = (
+        usage["input_tokens"] * INPUT_USD_PER_MTOK + usage["output_tokens"] * OUTPUT_USD_PER_MTOK
+    ) / 1_000_000
+    usage["list_cost"] = {"amount": str(round(usd * 100)), "currency": "USD"}
+
+
+def _outcomes(record: SessionRecord, result: str, emu: Emulator | None = None) -> None:
+    for outcome in record.body["outcome_evaluations"]:
+        if outcome["completed_at"] is not None:
+            continue
+        outcome["result"] = result
+        if result == "satisfied" and emu is not None:
+            outcome["explanation"] = "Scripted run: criteria met."
+            outcome["completed_at"] = rfc3339(emu.clock.now())
+
+
+def _produce_file(emu: Emulator, record: SessionRecord, filename: str) -> None:
+    file_id = new_id("file_")
+    content = f"produced by {record.id}\n".encode()
+    emu.store.files[file_id] = {
+        "id": file_id,
+        "type": "file",
+        "filename": filename,
+        "mime_type": "text/plain",
+        "size_bytes": len(content),
+        "created_at": rfc3339(emu.clock.now()),
+        "downloadable": True,
+        "scope": {"type": "session", "id": record.id},
+    }
