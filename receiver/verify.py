@@ -1,0 +1,110 @@
+"""Did Anthropic send this? A multi-key Standard Webhooks check on the raw body, `now` injected.
+
+standardwebhooks' own `Webhook.verify` reads the wall clock and lets a bare ValueError escape on
+`webhook-signature: garbage`, so only its HMAC is used here; header parsing, the timestamp window
+and the constant-time comparison are ours, and every failure is a BadSignature with a reason.
+"""
+
+import base64
+import binascii
+import hmac
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from standardwebhooks.webhooks import hmac_data
+
+from receiver.errors import BadSignature
+
+SECRET_PREFIX = "whsec_"  # noqa: S105 (a prefix, not a secret)
+# A signature header is a handful of `v1,<base64>` entries; anything longer is not Anthropic.
+MAX_SIGNATURE_HEADER = 4096
+MAX_WEBHOOK_ID = 200
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    index: int  # position in the configured list: which key matched, during rotation
+    secret: bytes = field(repr=False)
+
+    @classmethod
+    def parse(cls, index: int, value: str) -> "SigningKey":
+        """`whsec_` + base64, as Anthropic shows it; missing padding tolerated (as upstream)."""
+        raw = value.strip()
+        if raw.startswith(SECRET_PREFIX):
+            raw = raw[len(SECRET_PREFIX) :]
+        raw = raw.rstrip("=")
+        try:
+            secret = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"signing key #{index} is not whsec_ + base64") from None
+        if not secret:
+            raise ValueError(f"signing key #{index} is empty")
+        return cls(index=index, secret=secret)
+
+
+@dataclass(frozen=True)
+class Verified:
+    webhook_id: str
+    timestamp: datetime
+    key_index: int
+
+
+def verify(
+    body: bytes,
+    headers: Mapping[str, str],
+    keys: Sequence[SigningKey],
+    now: datetime,
+    tolerance: timedelta = timedelta(minutes=5),
+) -> Verified:
+    """Return who signed `body`, or raise BadSignature. `headers` has lower-case names."""
+    msg_id = headers.get("webhook-id", "")
+    stamp = headers.get("webhook-timestamp", "")
+    signature = headers.get("webhook-signature", "")
+    if not (msg_id and stamp and signature):
+        raise BadSignature("missing_signature_headers")
+    if len(msg_id) > MAX_WEBHOOK_ID or not msg_id.isprintable():
+        raise BadSignature("malformed_webhook_id")
+    if not _TIMESTAMP.fullmatch(stamp):
+        raise BadSignature("malformed_timestamp")
+    # Compared as numbers: a far-off stamp must not overflow datetime before it is refused.
+    sent = int(stamp)
+    if sent < (now - tolerance).timestamp():
+        raise BadSignature("stale_timestamp")
+    if sent > (now + tolerance).timestamp():
+        raise BadSignature("future_timestamp")
+    sent_at = datetime.fromtimestamp(sent, tz=UTC)
+    candidates = _v1_signatures(signature)
+    if not keys:
+        raise BadSignature("no_signing_keys")
+    signed = f"{msg_id}.{stamp}.".encode() + body
+    for key in keys:
+        expected = hmac_data(key.secret, signed)
+        # Check every candidate, matched or not, so timing says nothing about which one was close.
+        matched = False
+        for candidate in candidates:
+            matched |= hmac.compare_digest(expected, candidate)
+        if matched:
+            return Verified(webhook_id=msg_id, timestamp=sent_at, key_index=key.index)
+    raise BadSignature("no_matching_signature")
+
+
+def _v1_signatures(header: str) -> list[bytes]:
+    if len(header) > MAX_SIGNATURE_HEADER:
+        raise BadSignature("malformed_signature")
+    found: list[bytes] = []
+    for entry in header.split():
+        version, comma, encoded = entry.partition(",")
+        if not comma:
+            raise BadSignature("malformed_signature")
+        if version != "v1":
+            continue  # other schemes may be listed beside v1; they are not ours to check
+        try:
+            found.append(base64.b64decode(encoded, validate=True))
+        except (binascii.Error, ValueError):
+            continue
+    if not found:
+        raise BadSignature("malformed_signature")
+    return found

@@ -1,0 +1,327 @@
+"""The inbox ingest path: record a delivery once, and queue its routing run, in one commit.
+
+Webhook requests go through a single writer task that groups whatever is queued (up to
+`max_batch`) into one transaction, so a burst pays one commit (one fsync) instead of one per
+request. Each caller awaits a future resolved only after its own delivery is committed.
+
+De-duplication is one upsert per batch, portable across SQLite (>= 3.35) and PostgreSQL:
+
+    INSERT ... VALUES (...), (...) ON CONFLICT (event_id)
+    DO UPDATE SET duplicates = deliveries.duplicates + excluded.duplicates + 1, ...
+    RETURNING id, event_id, duplicates
+
+A row inserted returns exactly the duplicates it was inserted with (the extra copies seen in this
+batch); an updated row returns more. So "new" needs no second query and no dialect trick.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from store.engine import make_engine
+from store.models import (
+    UNFINISHED_STATES,
+    Delivery,
+    HandlerRun,
+    RunState,
+    Source,
+    utcnow,
+)
+
+log = structlog.get_logger(__name__)
+
+ROUTE_HANDLER = "_route"
+DEFAULT_MAX_BATCH = 256
+
+_deliveries: sa.Table = Delivery.__table__  # type: ignore[attr-defined]
+_runs: sa.Table = HandlerRun.__table__  # type: ignore[attr-defined]
+
+
+class StoreUnavailable(Exception):
+    """The database could not take the write (down, locked, full): nothing was committed."""
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A delivery as the edge saw it; the inbox decides whether it is new."""
+
+    event_id: str
+    event_type: str
+    resource_id: str
+    session_id: str | None
+    event_created_at: datetime | None
+    received_at: datetime
+    body: str
+    headers: dict[str, str] = field(default_factory=dict)
+    secret_index: int | None = None
+    source: str = Source.WEBHOOK
+
+    @property
+    def lane(self) -> str:
+        return self.session_id or f"delivery:{self.event_id}"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    new: bool
+    delivery_id: int
+
+
+def session_id_for(event_type: str, resource_id: str) -> str | None:
+    """Session events (thread events too) carry the session id in `data.id`."""
+    return resource_id if event_type.startswith("session.") else None
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Copies of one event beyond the first in a batch, and when the last of them arrived."""
+
+    count: int
+    last_at: datetime | None
+
+
+def plan_batch(items: Sequence[NewDelivery]) -> tuple[list[NewDelivery], dict[str, Extra]]:
+    """The first copy of each event id, in arrival order, and the copies that came after it."""
+    firsts: dict[str, NewDelivery] = {}
+    extra: dict[str, Extra] = {}
+    for item in items:
+        if item.event_id in firsts:
+            seen = extra[item.event_id]
+            extra[item.event_id] = Extra(seen.count + 1, item.received_at)
+        else:
+            firsts[item.event_id] = item
+            extra[item.event_id] = Extra(0, None)
+    return list(firsts.values()), extra
+
+
+_Pending = tuple[NewDelivery, "asyncio.Future[IngestResult]"]
+
+
+class Inbox:
+    """The only writer of deliveries. Owns its engine; `close()` disposes it."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        now: Callable[[], datetime] = utcnow,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.now = now
+        # Observes each committed batch size; the receiver feeds it to a histogram.
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    def connect(cls, url: str, **kwargs: Any) -> "Inbox":
+        return cls(make_engine(url), **kwargs)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._writer is not None and not self._writer.done():
+            return
+        self._queue = asyncio.Queue()
+        self._writer = asyncio.create_task(self._run_writer(self._queue), name="inbox-writer")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the writer."""
+        writer, queue = self._writer, self._queue
+        self._writer = None
+        if writer is None or queue is None:
+            return
+        await queue.join()
+        writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writer
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- ingest ----------------------------------------------------------------------------
+
+    async def ingest(self, delivery: NewDelivery) -> IngestResult:
+        """Record `delivery` through the batch writer; returns once it is committed."""
+        if self._writer is None or self._writer.done():
+            await self.start()
+        assert self._queue is not None
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((delivery, future))
+        return await future
+
+    def ingest_sync(self, delivery: NewDelivery) -> IngestResult:
+        """The same insert-if-new, outside the event loop (the reconciler's path)."""
+        return self.write_batch([delivery])[0]
+
+    async def _run_writer(self, queue: "asyncio.Queue[_Pending]") -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await self._commit(batch)
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        items = [item for item, _ in batch]
+        outcomes: list[IngestResult | StoreUnavailable]
+        try:
+            outcomes = await asyncio.to_thread(self._write_resilient, items)
+        except Exception as exc:  # the writer must outlive any single batch
+            log.exception("inbox.batch_failed", size=len(items))
+            outcomes = [StoreUnavailable(type(exc).__name__)] * len(items)
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():  # the caller went away (client disconnect, cancel)
+                continue
+            if isinstance(outcome, StoreUnavailable):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _write_resilient(self, items: list[NewDelivery]) -> list[IngestResult | StoreUnavailable]:
+        try:
+            return list(self.write_batch(items))
+        except StoreUnavailable as exc:
+            cause = exc.__cause__
+            if len(items) == 1 or not isinstance(cause, sa.exc.DBAPIError) or _is_outage(cause):
+                return [exc] * len(items)
+        # The database refused something other than an outage (one bad row, say): retry one by
+        # one so a single poison delivery cannot fail everyone it was batched with.
+        log.warning("inbox.batch_split", size=len(items))
+        outcomes: list[IngestResult | StoreUnavailable] = []
+        for item in items:
+            try:
+                outcomes.extend(self.write_batch([item]))
+            except StoreUnavailable as exc:
+                log.warning("inbox.delivery_refused", event_id=item.event_id, error=str(exc))
+                outcomes.append(exc)
+        return outcomes
+
+    def write_batch(self, items: Sequence[NewDelivery]) -> list[IngestResult]:
+        """Record `items` in one transaction; results line up with `items`."""
+        if not items:
+            return []
+        now = self.now()
+        firsts, extra = plan_batch(items)
+        try:
+            with self.engine.begin() as conn:
+                rows = _upsert_deliveries(conn, firsts, extra)
+                fresh = [d for d in firsts if rows[d.event_id][1] == extra[d.event_id].count]
+                if fresh:
+                    conn.execute(
+                        sa.insert(_runs),
+                        [_routing_run(rows[d.event_id][0], d, now) for d in fresh],
+                    )
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(_reason(exc)) from exc
+        if self.on_batch is not None:
+            self.on_batch(len(items))
+        fresh_ids = {d.event_id for d in fresh}
+        results: list[IngestResult] = []
+        for item in items:
+            delivery_id = rows[item.event_id][0]
+            is_new = item.event_id in fresh_ids
+            fresh_ids.discard(item.event_id)  # later copies in this batch are duplicates
+            results.append(IngestResult(new=is_new, delivery_id=delivery_id))
+        return results
+
+    # -- reads for health and metrics ------------------------------------------------------
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the inbox table answers."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.select(_deliveries.c.id).limit(1)).all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(_reason(exc)) from exc
+
+    def depth(self) -> int:
+        """Handler runs not yet finished: the worker's backlog."""
+        query = (
+            sa.select(sa.func.count())
+            .select_from(_runs)
+            .where(_runs.c.state.in_([str(s) for s in UNFINISHED_STATES]))
+        )
+        try:
+            with self.engine.connect() as conn:
+                return int(conn.execute(query).scalar_one())
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailable(_reason(exc)) from exc
+
+
+def _upsert_deliveries(
+    conn: Connection, firsts: list[NewDelivery], extra: dict[str, Extra]
+) -> dict[str, tuple[int, int]]:
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    values = [
+        {
+            "event_id": d.event_id,
+            "event_type": d.event_type,
+            "resource_id": d.resource_id,
+            "session_id": d.session_id,
+            "event_created_at": d.event_created_at,
+            "received_at": d.received_at,
+            "source": str(d.source),
+            "body": d.body,
+            "headers": d.headers,
+            "secret_index": d.secret_index,
+            "duplicates": extra[d.event_id].count,
+            "last_duplicate_at": extra[d.event_id].last_at,
+        }
+        for d in firsts
+    ]
+    # executemany, so SQLAlchemy's "insertmanyvalues" sends multi-row VALUES pages from one
+    # cached statement. That needs every parameter inside VALUES: the SET clause reads only
+    # `excluded`, never a bind of its own.
+    stmt = insert(_deliveries)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[_deliveries.c.event_id],
+        set_={
+            "duplicates": _deliveries.c.duplicates + stmt.excluded.duplicates + 1,
+            "last_duplicate_at": sa.func.coalesce(
+                stmt.excluded.last_duplicate_at, stmt.excluded.received_at
+            ),
+        },
+    ).returning(_deliveries.c.id, _deliveries.c.event_id, _deliveries.c.duplicates)
+    result = conn.execute(upsert, values)
+    return {event_id: (row_id, dups) for row_id, event_id, dups in result}
+
+
+def _routing_run(delivery_id: int, d: NewDelivery, now: datetime) -> dict[str, Any]:
+    return {
+        "delivery_id": delivery_id,
+        "lane": d.lane,
+        "position": 0,
+        "handler": ROUTE_HANDLER,
+        "state": str(RunState.PENDING),
+        "attempts": 0,
+        "next_attempt_at": now,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _is_outage(exc: sa.exc.DBAPIError) -> bool:
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or bool(
+        exc.connection_invalidated
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    # The class name only: driver messages can carry connection strings.
+    orig = getattr(exc, "orig", None)
+    return type(orig).__name__ if orig is not None else type(exc).__name__

@@ -1,0 +1,226 @@
+"""The inbox ingest path on SQLite and PostgreSQL: insert-if-new, routing runs, group commit."""
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from store.engine import make_engine
+from store.inbox import (
+    ROUTE_HANDLER,
+    Inbox,
+    IngestResult,
+    NewDelivery,
+    StoreUnavailable,
+    plan_batch,
+    session_id_for,
+)
+from store.models import Source
+from tests.receiver.outage import store_down
+
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def delivery(
+    event_id: str,
+    event_type: str = "session.status_idled",
+    resource_id: str = "sesn_1",
+    source: str = Source.WEBHOOK,
+) -> NewDelivery:
+    return NewDelivery(
+        event_id=event_id,
+        event_type=event_type,
+        resource_id=resource_id,
+        session_id=session_id_for(event_type, resource_id),
+        event_created_at=T0 - timedelta(seconds=2),
+        received_at=T0,
+        body='{"type":"event"}',
+        headers={"webhook-id": event_id},
+        secret_index=0 if source == Source.WEBHOOK else None,
+        source=source,
+    )
+
+
+@pytest.fixture
+def inbox(db_url: str) -> Iterator[Inbox]:
+    inbox = Inbox.connect(db_url, now=lambda: T0)
+    yield inbox
+    inbox.close()
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[sa.Engine]:
+    engine = make_engine(db_url, pool_size=1)
+    yield engine
+    engine.dispose()
+
+
+def rows(db: sa.Engine, sql: str) -> list[sa.RowMapping]:
+    with db.connect() as conn:
+        return list(conn.execute(sa.text(sql)).mappings())
+
+
+def test_plan_batch_keeps_first_copies_in_order() -> None:
+    firsts, extra = plan_batch([delivery("a"), delivery("b"), delivery("a"), delivery("a")])
+    assert [d.event_id for d in firsts] == ["a", "b"]
+    assert {k: v.count for k, v in extra.items()} == {"a": 2, "b": 0}
+
+
+def test_new_delivery_gets_its_routing_run(inbox: Inbox, db: sa.Engine) -> None:
+    result = inbox.ingest_sync(delivery("wevt_1"))
+    assert result.new
+    [stored] = rows(db, "SELECT * FROM deliveries")
+    assert stored["id"] == result.delivery_id
+    assert (stored["event_id"], stored["event_type"], stored["resource_id"]) == (
+        "wevt_1",
+        "session.status_idled",
+        "sesn_1",
+    )
+    assert (stored["session_id"], stored["source"], stored["secret_index"]) == (
+        "sesn_1",
+        "webhook",
+        0,
+    )
+    assert stored["duplicates"] == 0
+    assert stored["last_duplicate_at"] is None
+    [run] = rows(db, "SELECT * FROM handler_runs")
+    assert run["delivery_id"] == result.delivery_id
+    assert (run["handler"], run["position"], run["lane"], run["state"]) == (
+        ROUTE_HANDLER,
+        0,
+        "sesn_1",
+        "pending",
+    )
+    assert run["attempts"] == 0
+
+
+def test_non_session_event_gets_its_own_lane(inbox: Inbox, db: sa.Engine) -> None:
+    inbox.ingest_sync(delivery("wevt_a", "agent.created", "agent_1"))
+    [stored] = rows(db, "SELECT session_id FROM deliveries")
+    assert stored["session_id"] is None
+    [run] = rows(db, "SELECT lane FROM handler_runs")
+    assert run["lane"] == "delivery:wevt_a"
+
+
+def test_duplicate_is_recorded_not_queued_again(inbox: Inbox, db: sa.Engine) -> None:
+    first = inbox.ingest_sync(delivery("wevt_1"))
+    again = inbox.ingest_sync(delivery("wevt_1"))
+    assert again == IngestResult(new=False, delivery_id=first.delivery_id)
+    inbox.ingest_sync(delivery("wevt_1"))
+    [stored] = rows(db, "SELECT duplicates, last_duplicate_at FROM deliveries")
+    assert stored["duplicates"] == 2
+    assert stored["last_duplicate_at"] is not None
+    assert len(rows(db, "SELECT id FROM handler_runs")) == 1
+
+
+def test_duplicates_inside_one_batch_and_against_the_table(inbox: Inbox, db: sa.Engine) -> None:
+    old = inbox.ingest_sync(delivery("old"))
+    results = inbox.write_batch(
+        [delivery("a"), delivery("old"), delivery("a"), delivery("b"), delivery("a")]
+    )
+    assert [r.new for r in results] == [True, False, False, True, False]
+    assert results[1].delivery_id == old.delivery_id
+    assert results[0].delivery_id == results[2].delivery_id == results[4].delivery_id
+    dups = {r["event_id"]: r["duplicates"] for r in rows(db, "SELECT * FROM deliveries")}
+    assert dups == {"old": 1, "a": 2, "b": 0}
+    runs = rows(db, "SELECT delivery_id FROM handler_runs ORDER BY delivery_id")
+    assert len(runs) == 3
+    # A batch made only of already-known events inserts no runs at all.
+    assert [r.new for r in inbox.write_batch([delivery("a"), delivery("b")])] == [False, False]
+    assert len(rows(db, "SELECT id FROM handler_runs")) == 3
+
+
+def test_reconciler_path_shares_the_dedupe(inbox: Inbox, db: sa.Engine) -> None:
+    synthetic = inbox.ingest_sync(delivery("wevt_r", source=Source.RECONCILE))
+    assert synthetic.new
+    assert not inbox.ingest_sync(delivery("wevt_r")).new
+    [stored] = rows(db, "SELECT source, secret_index FROM deliveries")
+    assert (stored["source"], stored["secret_index"]) == ("reconcile", None)
+
+
+async def test_concurrent_ingests_are_group_committed(db_url: str, db: sa.Engine) -> None:
+    sizes: list[int] = []
+    inbox = Inbox.connect(db_url, on_batch=sizes.append, max_batch=64)
+    try:
+        await inbox.start()
+        ids = [f"wevt_{i % 150}" for i in range(300)]  # every event twice
+        results = await asyncio.gather(*(inbox.ingest(delivery(i)) for i in ids))
+        await inbox.stop()
+    finally:
+        inbox.close()
+    assert sum(r.new for r in results) == 150
+    by_event: dict[str, set[int]] = {}
+    for event_id, result in zip(ids, results, strict=True):
+        by_event.setdefault(event_id, set()).add(result.delivery_id)
+    assert all(len(v) == 1 for v in by_event.values())
+    assert max(sizes) > 1
+    assert max(sizes) <= 64
+    assert sum(sizes) == 300
+    assert len(rows(db, "SELECT id FROM deliveries")) == 150
+    assert len(rows(db, "SELECT id FROM handler_runs")) == 150
+    assert sum(r["duplicates"] for r in rows(db, "SELECT duplicates FROM deliveries")) == 150
+
+
+async def test_ingest_starts_the_writer_on_demand(inbox: Inbox) -> None:
+    assert (await inbox.ingest(delivery("lazy"))).new
+    await inbox.stop()
+
+
+def test_depth_counts_unfinished_runs(inbox: Inbox, db: sa.Engine) -> None:
+    inbox.ping()
+    assert inbox.depth() == 0
+    inbox.write_batch([delivery("a"), delivery("b"), delivery("c")])
+    with db.begin() as conn:
+        conn.execute(sa.text("UPDATE handler_runs SET state = 'succeeded' WHERE id = 1"))
+    assert inbox.depth() == 2
+
+
+@pytest.mark.postgres
+async def test_store_down_fails_the_whole_batch_then_recovers(postgres_url: str) -> None:
+    inbox = Inbox.connect(postgres_url)
+    db = make_engine(postgres_url, pool_size=1)
+    try:
+        inbox.ingest_sync(delivery("before"))
+        with store_down(postgres_url):
+            with pytest.raises(StoreUnavailable):
+                inbox.ping()
+            with pytest.raises(StoreUnavailable):
+                inbox.depth()
+            outcomes = await asyncio.gather(
+                *(inbox.ingest(delivery(f"down_{i}")) for i in range(5)), return_exceptions=True
+            )
+            assert all(isinstance(o, StoreUnavailable) for o in outcomes)
+        # The same process, the same engine: it comes back once the database does.
+        inbox.ping()
+        assert (await inbox.ingest(delivery("after"))).new
+        await inbox.stop()
+        assert [r["event_id"] for r in rows(db, "SELECT event_id FROM deliveries ORDER BY id")] == [
+            "before",
+            "after",
+        ]
+        assert len(rows(db, "SELECT id FROM handler_runs")) == 2
+    finally:
+        inbox.close()
+        db.dispose()
+
+
+@pytest.mark.postgres
+async def test_one_refused_row_does_not_fail_its_batch(postgres_url: str) -> None:
+    sizes: list[int] = []
+    inbox = Inbox.connect(postgres_url, on_batch=sizes.append)
+    too_long = delivery("poison", resource_id="sesn_" + "x" * 300)  # wider than the column
+    try:
+        await inbox.start()
+        outcomes = await asyncio.gather(
+            inbox.ingest(delivery("ok_1")),
+            inbox.ingest(too_long),
+            inbox.ingest(delivery("ok_2")),
+            return_exceptions=True,
+        )
+        await inbox.stop()
+    finally:
+        inbox.close()
+    assert isinstance(outcomes[1], StoreUnavailable)
+    assert [o.new for o in (outcomes[0], outcomes[2]) if isinstance(o, IngestResult)] == [True] * 2
