@@ -1,0 +1,58 @@
+"""`archive`: the transcript (`events.jsonl`, every event as the API returned it, in order) and
+`result.json`, under `<results_dir>/<session_id>/`.
+
+Idempotent: each file is written to a temporary name and renamed over the old one, so a rerun
+rewrites the same content and a crash never leaves half a file.
+"""
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from idlehook import HandlerContext, PermanentError
+
+# Session ids become directory names: nothing that could climb out of results_dir.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,199}$")
+
+
+def write_atomic(path: Path, lines: Iterable[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            for line in lines:
+                out.write(line)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ArchiveHandler:
+    name = "archive"
+
+    def __init__(self, results_dir: Path | None = None) -> None:
+        self.results_dir = results_dir  # None: Settings.results_dir
+
+    async def handle(self, ctx: HandlerContext) -> None:
+        session_id = ctx.session_id
+        if not _SAFE_ID.match(session_id):
+            raise PermanentError(f"session id unsafe as a directory name: {session_id!r}")
+        result = await ctx.result()
+        events = await ctx.events()
+        folder = (self.results_dir or ctx.settings.results_dir) / session_id
+        write_atomic(
+            folder / "events.jsonl",
+            (json.dumps(e.to_dict(mode="json"), ensure_ascii=False) + "\n" for e in events),
+        )
+        write_atomic(
+            folder / "result.json",
+            [json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"],
+        )
+        await ctx.mark_session(result_captured=True, transcript_saved=True, result=result)
+        ctx.log.info("archive.written", path=str(folder), events=len(events))

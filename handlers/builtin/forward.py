@@ -1,0 +1,63 @@
+"""`forward`: POST the session result as JSON to `Settings.forward.url`, signed the Standard
+Webhooks way with `Settings.forward.secret`.
+
+`webhook-id` is the notification's event id plus this handler's name, stable across retries, so
+the receiver can de-duplicate. A non-2xx response raises: the run retries with backoff.
+"""
+
+import json
+from typing import Any
+
+import httpx
+from standardwebhooks.webhooks import Webhook
+
+from idlehook import HandlerContext, PermanentError
+
+
+class ForwardError(Exception):
+    pass
+
+
+class ForwardHandler:
+    name = "forward"
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.transport = transport  # tests may pass one; None: real network
+
+    def body(self, ctx: HandlerContext, result: dict[str, Any]) -> str:
+        return json.dumps(
+            {
+                "type": "idlehook.session_result",
+                "event_id": ctx.event.event_id,
+                "event_type": ctx.event.event_type,
+                "session_id": ctx.event.session_id,
+                "result": result,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+    async def handle(self, ctx: HandlerContext) -> None:
+        config = ctx.settings.forward
+        if not config.url:
+            raise PermanentError("forward.url is not configured")
+        if config.secret is None or not config.secret.get_secret_value():
+            raise PermanentError("forward.secret is not configured; refusing to send unsigned")
+        result = await ctx.result()
+        payload = self.body(ctx, result.model_dump(mode="json"))
+        message_id = f"{ctx.event.event_id}.{self.name}"
+        sent_at = ctx.now()
+        signature = Webhook(config.secret.get_secret_value()).sign(message_id, sent_at, payload)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": signature,
+        }
+        async with httpx.AsyncClient(
+            transport=self.transport, timeout=config.timeout_seconds
+        ) as http:
+            response = await http.post(config.url, content=payload, headers=headers)
+        if not response.is_success:
+            raise ForwardError(f"forward target answered {response.status_code}")
+        ctx.log.info("forward.sent", status=response.status_code, bytes=len(payload))

@@ -1,0 +1,327 @@
+"""The worker loop: claim runs under a lease, route or call the plugin, complete (lease-fenced).
+
+Concurrency is bounded by `Settings.worker.concurrency`; lanes keep one session's runs serial
+(the claim query sees to that). Database calls run in threads so the event loop keeps serving.
+"""
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from anthropic import AsyncAnthropic
+
+from handlers import metrics
+from handlers.api import HandlerContext, Notification, PriorRun, SessionResult
+from handlers.events import is_known
+from handlers.registry import Registry
+from handlers.retry import PermanentError, next_attempt
+from handlers.routing import route_delivery
+from idlehook.logs import redact_secrets
+from idlehook.settings import Settings
+from store.models import RunState, utcnow
+from store.runs import ROUTE_HANDLER, ClaimedRun, DeliveryView, RunStore
+from store.sessions import SessionStore, SessionUpdate
+
+log = structlog.get_logger(__name__)
+
+MAX_ERROR_CHARS = 2000
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One trimmed line for `last_error`: type and message, secrets masked."""
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    masked = str(redact_secrets(None, "", {"error": text})["error"])
+    return masked[:MAX_ERROR_CHARS]
+
+
+def _notification(delivery: DeliveryView) -> Notification:
+    return Notification(
+        delivery_id=delivery.id,
+        event_id=delivery.event_id,
+        event_type=delivery.event_type,
+        resource_id=delivery.resource_id,
+        session_id=delivery.session_id,
+        source=delivery.source,
+        received_at=delivery.received_at,
+        event_created_at=delivery.event_created_at,
+    )
+
+
+class Worker:
+    def __init__(
+        self,
+        store: RunStore,
+        registry: Registry,
+        client: AsyncAnthropic,
+        settings: Settings,
+        *,
+        now: Callable[[], datetime] = utcnow,
+        worker_id: str | None = None,
+        sessions: SessionStore | None = None,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions or SessionStore(store.engine)
+        self.registry = registry
+        self.client = client
+        self.settings = settings
+        self.now = now
+        self.worker_id = worker_id or default_worker_id()
+        self.lease = timedelta(seconds=settings.worker.lease_seconds)
+        self._stopping = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
+        unknown = {h for rule in settings.routes for h in rule.handlers} - set(registry.names())
+        if unknown:
+            log.warning("worker.routes_name_missing_handlers", handlers=sorted(unknown))
+
+    # -- control ----------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming; in-flight runs finish. Safe from a signal handler or another thread."""
+        self._call(self._stopping.set)
+
+    def wake(self) -> None:
+        """New work was stored: claim now instead of at the next poll."""
+        self._call(self._wakeup.set)
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            fn()
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self, drain: bool = False) -> None:
+        """Claim and dispatch until `stop()`; with `drain`, return once nothing is claimable and
+        nothing is in flight (runs waiting for a later retry are left for the next worker)."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping.clear()
+        limit = self.settings.worker.concurrency
+        log.info("worker.started", worker_id=self.worker_id, concurrency=limit, drain=drain)
+        try:
+            while not self._stopping.is_set():
+                self._wakeup.clear()
+                free = limit - len(self._inflight)
+                claimed: list[ClaimedRun] = []
+                if free > 0:
+                    claimed = await asyncio.to_thread(
+                        self.store.claim, self.worker_id, self.now(), self.lease, free
+                    )
+                for run in claimed:
+                    metrics.CLAIMS.inc()
+                    task = asyncio.create_task(self._execute(run))
+                    self._inflight.add(task)
+                    task.add_done_callback(self._finished)
+                if claimed:
+                    continue  # there may be more: claim again before sleeping
+                # A run that finished during the claim may have unblocked its lane's next one:
+                # `_wakeup` (cleared before the claim) says so; look again before leaving.
+                if drain and not self._inflight and not self._wakeup.is_set():
+                    return
+                await self._idle()
+        finally:
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+            log.info("worker.stopped", worker_id=self.worker_id)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        # A finished run may unblock the next one in its lane.
+        self._wakeup.set()
+
+    async def _idle(self) -> None:
+        waits = [
+            asyncio.create_task(self._wakeup.wait()),
+            asyncio.create_task(self._stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(
+                waits, timeout=self.settings.worker.poll_seconds, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    # -- one run ----------------------------------------------------------------------------------
+
+    async def _execute(self, run: ClaimedRun) -> None:
+        bound = log.bind(run_id=run.id, handler=run.handler, lane=run.lane, attempt=run.attempts)
+        started = time.monotonic()
+        heartbeat = asyncio.create_task(self._heartbeat(run, bound))
+        try:
+            if run.attempts > self.settings.worker.max_attempts:
+                raise PermanentError("lease expired on the last attempt (worker died?)")
+            if run.handler == ROUTE_HANDLER:
+                handlers = await self._route(run, bound)
+                done = await asyncio.to_thread(
+                    self.store.complete_route,
+                    run.id,
+                    self.worker_id,
+                    self.now(),
+                    _ms(started),
+                    handlers,
+                )
+            else:
+                await self._call_plugin(run, bound)
+                done = await asyncio.to_thread(
+                    self.store.succeed, run.id, self.worker_id, self.now(), _ms(started)
+                )
+            heartbeat.cancel()
+            self._observe(run, started, "succeeded" if done else "lease_lost", bound)
+        except Exception as exc:
+            heartbeat.cancel()
+            await self._failed(run, exc, started, bound)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _route(self, run: ClaimedRun, bound: Any) -> list[str]:
+        delivery = await asyncio.to_thread(self.store.delivery, run.delivery_id)
+        outcome = await route_delivery(delivery, self.settings.routes, self.client, self.now())
+        if outcome.update is not None and delivery.session_id is not None:
+            await asyncio.to_thread(
+                self.sessions.record, delivery.session_id, outcome.update, self.now()
+            )
+        known = is_known(delivery.event_type)
+        metrics.NOTIFICATIONS.labels(
+            event_type=delivery.event_type if known else "unknown",
+            decision=outcome.decision.reason,
+        ).inc()
+        bound.info(
+            "notification.routed",
+            event_id=delivery.event_id,
+            event_type=delivery.event_type,
+            session_id=delivery.session_id,
+            known_type=known,
+            decision=outcome.decision.reason,
+            rules=list(outcome.decision.rules),
+            handlers=list(outcome.decision.handlers),
+            session_status=outcome.facts.status if outcome.facts else None,
+            stop_reason=outcome.facts.stop_reason if outcome.facts else None,
+            session_gone=outcome.session_gone,
+        )
+        return list(outcome.decision.handlers)
+
+    async def _call_plugin(self, run: ClaimedRun, bound: Any) -> None:
+        handler = self.registry.get(run.handler)
+        if handler is None:
+            raise PermanentError(f"no handler named {run.handler!r} is installed or allowed")
+        delivery = await asyncio.to_thread(self.store.delivery, run.delivery_id)
+        prior = await asyncio.to_thread(self.store.prior_runs, run.delivery_id, run.position)
+        ctx = HandlerContext(
+            event=_notification(delivery),
+            client=self.client,
+            log=bound.bind(event_id=delivery.event_id, session_id=delivery.session_id),
+            now=self.now,
+            settings=self.settings,
+            handler=run.handler,
+            attempt=run.attempts,
+            prior_runs=[PriorRun(handler=p.handler, state=p.state) for p in prior],
+            mark=self._mark,
+        )
+        await handler.handle(ctx)
+
+    async def _mark(
+        self,
+        session_id: str,
+        *,
+        result_captured: bool = False,
+        transcript_saved: bool = False,
+        deleted: bool = False,
+        result: SessionResult | None = None,
+    ) -> None:
+        now = self.now()
+        extra: dict[str, Any] = {}
+        if result_captured:
+            extra["result_captured_at"] = now
+        if transcript_saved:
+            extra["transcript_saved_at"] = now
+        if deleted:
+            extra["deleted_at"] = now
+        update = SessionUpdate(extra=extra)
+        if result is not None:
+            update = SessionUpdate(
+                status=result.status,
+                stop_reason=result.stop_reason,
+                agent_id=result.agent_id,
+                agent_version=result.agent_version,
+                deployment_id=result.deployment_id,
+                title=result.title,
+                metadata=result.metadata,
+                created_at=result.created_at,
+                active_seconds=result.active_seconds,
+                cost_usd=result.cost_usd,
+                extra=extra,
+            )
+        await asyncio.to_thread(self.sessions.record, session_id, update, now)
+
+    async def _failed(self, run: ClaimedRun, exc: Exception, started: float, bound: Any) -> None:
+        now = self.now()
+        retry_at = next_attempt(run.attempts, exc, now, self.settings.worker)
+        error = describe_error(exc)
+        state = await asyncio.to_thread(
+            self.store.fail, run.id, self.worker_id, now, error, retry_at, _ms(started)
+        )
+        if state is None:
+            self._observe(run, started, "lease_lost", bound)
+            return
+        if state is RunState.DEAD:
+            metrics.DEAD_LETTERS.labels(handler=run.handler).inc()
+            bound.error("run.dead", error=error, exc_info=not isinstance(exc, PermanentError))
+        else:
+            metrics.RETRIES.labels(handler=run.handler).inc()
+            bound.warning("run.failed", error=error, retry_at=retry_at)
+        self._observe(run, started, state.value, bound, log_it=False)
+
+    def _observe(
+        self, run: ClaimedRun, started: float, outcome: str, bound: Any, log_it: bool = True
+    ) -> None:
+        elapsed = time.monotonic() - started
+        metrics.RUNS.labels(handler=run.handler, outcome=outcome).inc()
+        metrics.DURATION.labels(handler=run.handler).observe(elapsed)
+        if outcome == "lease_lost":
+            metrics.LEASES_LOST.inc()
+            bound.warning("run.lease_lost", detail="completion discarded; another worker owns it")
+        elif log_it:
+            bound.info("run.succeeded", duration_ms=round(elapsed * 1000, 1))
+
+    async def _heartbeat(self, run: ClaimedRun, bound: Any) -> None:
+        interval = self.lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            held = await asyncio.to_thread(
+                self.store.renew, run.id, self.worker_id, self.now(), self.lease
+            )
+            if not held:
+                bound.warning("run.lease_renewal_failed")
+                return
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)

@@ -1,0 +1,462 @@
+"""The run queue: claim under a lease, renew, complete (fenced by the lease), retry, replay.
+
+A run is claimable when it is due and it is the first unfinished run of its lane, ordered by
+(delivery_id, position), and no other run of the lane holds a live lease. So one session's runs
+go one at a time and in order, while different lanes run in parallel.
+
+PostgreSQL: candidates are locked with `FOR UPDATE SKIP LOCKED`, then each lane is fenced with a
+transaction-scoped advisory lock and re-checked, so concurrent claimers on several machines never
+take two runs of one lane even when deliveries commit out of id order. SQLite: the engine opens
+every transaction with `BEGIN IMMEDIATE`, which serialises claimers outright.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from store.engine import is_sqlite
+from store.models import Delivery, HandlerRun, RunState, TrackedSession
+
+ROUTE_HANDLER = "_route"
+
+_runs = HandlerRun.__table__  # type: ignore[attr-defined]
+_deliveries = Delivery.__table__  # type: ignore[attr-defined]
+_sessions = TrackedSession.__table__  # type: ignore[attr-defined]
+_UNFINISHED = [RunState.PENDING.value, RunState.RUNNING.value, RunState.FAILED.value]
+_WAITING = [RunState.PENDING.value, RunState.FAILED.value]
+
+
+@dataclass(frozen=True)
+class ClaimedRun:
+    id: int
+    delivery_id: int
+    lane: str
+    position: int
+    handler: str
+    attempts: int  # including the attempt this claim starts
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    event_id: str
+    event_type: str
+    resource_id: str
+    session_id: str | None
+    source: str
+    received_at: datetime
+    event_created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class PriorRun:
+    handler: str
+    position: int
+    state: str
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    handler: str
+    lane: str
+    event_id: str
+    event_type: str
+    attempts: int
+    last_error: str | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    unfinished: int
+    runs_by_state: dict[str, int]
+    dead_letters: list[DeadLetter]
+    sessions_by_status: dict[str, int] = field(default_factory=dict)
+
+
+def _claimable(now: datetime) -> Any:
+    """The claim predicate over `handler_runs` (the outer, unaliased table)."""
+    other = _runs.alias("other")
+    earlier_unfinished = (
+        sa.select(sa.literal(1))
+        .where(
+            other.c.lane == _runs.c.lane,
+            other.c.state.in_(_UNFINISHED),
+            sa.or_(
+                other.c.delivery_id < _runs.c.delivery_id,
+                sa.and_(
+                    other.c.delivery_id == _runs.c.delivery_id,
+                    other.c.position < _runs.c.position,
+                ),
+            ),
+        )
+        .exists()
+    )
+    live_elsewhere = (
+        sa.select(sa.literal(1))
+        .where(
+            other.c.lane == _runs.c.lane,
+            other.c.id != _runs.c.id,
+            other.c.state == RunState.RUNNING.value,
+            other.c.lease_expires_at > now,
+        )
+        .exists()
+    )
+    due = sa.or_(
+        sa.and_(_runs.c.state.in_(_WAITING), _runs.c.next_attempt_at <= now),
+        # A worker that died keeps its lease until it expires; then anyone may take the run.
+        sa.and_(_runs.c.state == RunState.RUNNING.value, _runs.c.lease_expires_at <= now),
+    )
+    return sa.and_(due, ~earlier_unfinished, ~live_elsewhere)
+
+
+def _unique(handlers: Sequence[str]) -> list[str]:
+    return [h for i, h in enumerate(handlers) if h not in handlers[:i] and h != ROUTE_HANDLER]
+
+
+class RunStore:
+    """Every write to `handler_runs`; each method is one short transaction (call from a thread)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- claiming -------------------------------------------------------------------------------
+
+    def claim(
+        self, owner: str, now: datetime, lease: timedelta, limit: int = 1
+    ) -> list[ClaimedRun]:
+        if limit < 1:
+            return []
+        with self.engine.begin() as conn:
+            if is_sqlite(self.engine):
+                ids = self._candidates(conn, now, limit, lock=False)
+            else:
+                ids = self._fenced_candidates(conn, now, limit)
+            if not ids:
+                return []
+            expires = now + lease
+            conn.execute(
+                _runs.update()
+                .where(_runs.c.id.in_(ids))
+                .values(
+                    state=RunState.RUNNING.value,
+                    lease_owner=owner,
+                    lease_expires_at=expires,
+                    attempts=_runs.c.attempts + 1,
+                    updated_at=now,
+                )
+            )
+            rows = conn.execute(
+                sa.select(
+                    _runs.c.id,
+                    _runs.c.delivery_id,
+                    _runs.c.lane,
+                    _runs.c.position,
+                    _runs.c.handler,
+                    _runs.c.attempts,
+                ).where(_runs.c.id.in_(ids))
+            ).all()
+        by_id = {row.id: row for row in rows}
+        return [
+            ClaimedRun(
+                id=r.id,
+                delivery_id=r.delivery_id,
+                lane=r.lane,
+                position=r.position,
+                handler=r.handler,
+                attempts=r.attempts,
+                lease_expires_at=expires,
+            )
+            for r in (by_id[i] for i in ids)
+        ]
+
+    def _candidates(self, conn: Connection, now: datetime, limit: int, lock: bool) -> list[int]:
+        query = (
+            sa.select(_runs.c.id, _runs.c.lane)
+            .where(_claimable(now))
+            .order_by(_runs.c.next_attempt_at, _runs.c.id)
+            .limit(limit)
+        )
+        if lock:
+            query = query.with_for_update(skip_locked=True, of=_runs)
+        lanes: set[str] = set()
+        ids: list[int] = []
+        for row in conn.execute(query):
+            if row.lane not in lanes:  # belt and braces: one run per lane per claim
+                lanes.add(row.lane)
+                ids.append(row.id)
+        return ids
+
+    def _fenced_candidates(self, conn: Connection, now: datetime, limit: int) -> list[int]:
+        """SKIP LOCKED alone cannot see another claimer's uncommitted run in the same lane; the
+        lane advisory lock, held to commit, makes the re-check below see it once committed."""
+        fenced: list[int] = []
+        for run_id in self._candidates(conn, now, limit, lock=True):
+            lane = conn.execute(sa.select(_runs.c.lane).where(_runs.c.id == run_id)).scalar_one()
+            got = conn.execute(
+                sa.select(sa.func.pg_try_advisory_xact_lock(sa.func.hashtext(lane)))
+            ).scalar_one()
+            if not got:
+                continue
+            still = conn.execute(
+                sa.select(_runs.c.id).where(_runs.c.id == run_id, _claimable(now))
+            ).first()
+            if still is not None:
+                fenced.append(run_id)
+        return fenced
+
+    def renew(self, run_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
+        """Heartbeat: extend the lease; False when it was lost (the run went to someone else)."""
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                _runs.update()
+                .where(*self._held(run_id, owner))
+                .values(lease_expires_at=now + lease, updated_at=now)
+            )
+        return result.rowcount == 1
+
+    # -- completion (every write is fenced by the lease) -------------------------------------------
+
+    @staticmethod
+    def _held(run_id: int, owner: str) -> tuple[Any, ...]:
+        return (
+            _runs.c.id == run_id,
+            _runs.c.lease_owner == owner,
+            _runs.c.state == RunState.RUNNING.value,
+        )
+
+    def succeed(self, run_id: int, owner: str, now: datetime, duration_ms: float) -> bool:
+        with self.engine.begin() as conn:
+            return self._finish_succeeded(conn, run_id, owner, now, duration_ms)
+
+    def _finish_succeeded(
+        self, conn: Connection, run_id: int, owner: str, now: datetime, duration_ms: float
+    ) -> bool:
+        result = conn.execute(
+            _runs.update()
+            .where(*self._held(run_id, owner))
+            .values(
+                state=RunState.SUCCEEDED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                duration_ms=duration_ms,
+                updated_at=now,
+                finished_at=now,
+            )
+        )
+        return result.rowcount == 1
+
+    def complete_route(
+        self,
+        run_id: int,
+        owner: str,
+        now: datetime,
+        duration_ms: float,
+        handlers: Sequence[str],
+    ) -> bool:
+        """Finish a routing run and add its handlers' runs at positions 1..n, atomically: the
+        next delivery of the lane must not slip in between the two writes."""
+        with self.engine.begin() as conn:
+            run = conn.execute(
+                sa.select(_runs.c.delivery_id, _runs.c.lane).where(*self._held(run_id, owner))
+            ).first()
+            if run is None or not self._finish_succeeded(conn, run_id, owner, now, duration_ms):
+                return False
+            existing = set(
+                conn.execute(
+                    sa.select(_runs.c.handler).where(_runs.c.delivery_id == run.delivery_id)
+                ).scalars()
+            )
+            rows = [
+                {
+                    "delivery_id": run.delivery_id,
+                    "lane": run.lane,
+                    "position": position,
+                    "handler": name,
+                    "state": RunState.PENDING.value,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                for position, name in enumerate(_unique(handlers), start=1)
+                if name not in existing
+            ]
+            if rows:
+                conn.execute(_runs.insert(), rows)
+        return True
+
+    def fail(
+        self,
+        run_id: int,
+        owner: str,
+        now: datetime,
+        error: str,
+        retry_at: datetime | None,
+        duration_ms: float,
+    ) -> RunState | None:
+        """Record a failed attempt: FAILED until `retry_at`, or DEAD when None. None: lease lost."""
+        state = RunState.DEAD if retry_at is None else RunState.FAILED
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                _runs.update()
+                .where(*self._held(run_id, owner))
+                .values(
+                    state=state.value,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_error=error,
+                    duration_ms=duration_ms,
+                    next_attempt_at=retry_at or now,
+                    updated_at=now,
+                    finished_at=now if retry_at is None else None,
+                )
+            )
+        return state if result.rowcount == 1 else None
+
+    # -- reads ------------------------------------------------------------------------------------
+
+    def delivery(self, delivery_id: int) -> DeliveryView:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_deliveries).where(_deliveries.c.id == delivery_id)).one()
+        return DeliveryView(
+            id=row.id,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            resource_id=row.resource_id,
+            session_id=row.session_id,
+            source=row.source,
+            received_at=row.received_at,
+            event_created_at=row.event_created_at,
+        )
+
+    def prior_runs(self, delivery_id: int, position: int) -> list[PriorRun]:
+        """The runs before `position` for the same delivery, in order."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_runs.c.handler, _runs.c.position, _runs.c.state)
+                .where(_runs.c.delivery_id == delivery_id, _runs.c.position < position)
+                .order_by(_runs.c.position)
+            ).all()
+        return [PriorRun(handler=r.handler, position=r.position, state=r.state) for r in rows]
+
+    def get(self, run_id: int) -> HandlerRun:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(_runs).where(_runs.c.id == run_id)).one()
+        return HandlerRun.model_validate(dict(row._mapping))
+
+    def runs_for_delivery(self, delivery_id: int) -> list[HandlerRun]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_runs)
+                .where(_runs.c.delivery_id == delivery_id)
+                .order_by(_runs.c.position)
+            ).all()
+        return [HandlerRun.model_validate(dict(r._mapping)) for r in rows]
+
+    def unfinished(self) -> int:
+        with self.engine.connect() as conn:
+            count = conn.execute(
+                sa.select(sa.func.count()).where(_runs.c.state.in_(_UNFINISHED))
+            ).scalar_one()
+        return int(count)
+
+    def status(self, dead_limit: int = 10) -> QueueStatus:
+        with self.engine.connect() as conn:
+            by_state = {
+                row.state: int(row.n)
+                for row in conn.execute(
+                    sa.select(_runs.c.state, sa.func.count().label("n")).group_by(_runs.c.state)
+                )
+            }
+            dead = conn.execute(
+                sa.select(
+                    _runs.c.id,
+                    _runs.c.handler,
+                    _runs.c.lane,
+                    _runs.c.attempts,
+                    _runs.c.last_error,
+                    _runs.c.finished_at,
+                    _deliveries.c.event_id,
+                    _deliveries.c.event_type,
+                )
+                .join(_deliveries, _deliveries.c.id == _runs.c.delivery_id)
+                .where(_runs.c.state == RunState.DEAD.value)
+                .order_by(_runs.c.updated_at.desc(), _runs.c.id.desc())
+                .limit(dead_limit)
+            ).all()
+            sessions = {
+                (row.status or "unknown"): int(row.n)
+                for row in conn.execute(
+                    sa.select(_sessions.c.status, sa.func.count().label("n")).group_by(
+                        _sessions.c.status
+                    )
+                )
+            }
+        return QueueStatus(
+            unfinished=sum(by_state.get(s, 0) for s in _UNFINISHED),
+            runs_by_state=by_state,
+            dead_letters=[
+                DeadLetter(
+                    id=r.id,
+                    handler=r.handler,
+                    lane=r.lane,
+                    event_id=r.event_id,
+                    event_type=r.event_type,
+                    attempts=r.attempts,
+                    last_error=r.last_error,
+                    finished_at=r.finished_at,
+                )
+                for r in dead
+            ],
+            sessions_by_status=sessions,
+        )
+
+    # -- operator actions -----------------------------------------------------------------------
+
+    def replay(
+        self,
+        now: datetime,
+        ids: Sequence[int] = (),
+        handler: str | None = None,
+        session_id: str | None = None,
+    ) -> list[int]:
+        """Put dead runs back in the queue (all of them when no filter is given)."""
+        conditions: list[Any] = [_runs.c.state == RunState.DEAD.value]
+        if ids:
+            conditions.append(_runs.c.id.in_(list(ids)))
+        if handler is not None:
+            conditions.append(_runs.c.handler == handler)
+        if session_id is not None:
+            conditions.append(
+                _runs.c.delivery_id.in_(
+                    sa.select(_deliveries.c.id).where(_deliveries.c.session_id == session_id)
+                )
+            )
+        with self.engine.begin() as conn:
+            chosen = list(
+                conn.execute(
+                    sa.select(_runs.c.id).where(*conditions).order_by(_runs.c.id)
+                ).scalars()
+            )
+            if chosen:
+                conn.execute(
+                    _runs.update()
+                    .where(_runs.c.id.in_(chosen), _runs.c.state == RunState.DEAD.value)
+                    .values(
+                        state=RunState.PENDING.value,
+                        attempts=0,
+                        next_attempt_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                        finished_at=None,
+                        updated_at=now,
+                    )
+                )
+        return chosen

@@ -1,0 +1,193 @@
+"""The built-in plugins through the worker, against the emulator and a local forward receiver."""
+
+import json
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from handlers.builtin.archive import ArchiveHandler
+from handlers.builtin.delete import DeleteHandler
+from handlers.builtin.forward import ForwardHandler
+from handlers.builtin.log import LogHandler
+from handlers.registry import Registry
+from handlers.worker import Worker
+from idlehook.settings import ForwardSettings, RouteRule, Settings
+from store.runs import RunStore
+from store.sessions import SessionStore
+from tests.handlers.conftest import Sessions
+from tests.handlers.helpers import add_delivery
+from tests.handlers.support import Recorder, run_until
+
+IDLE = "session.status_idled"
+SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+
+def builtins() -> Registry:
+    return Registry([LogHandler(), ArchiveHandler(), ForwardHandler(), DeleteHandler()])
+
+
+def with_routes(settings: Settings, *handlers: str, **update: Any) -> Settings:
+    rule = RouteRule(event_types=[IDLE], stop_reasons=["end_turn"], handlers=list(handlers))
+    return settings.model_copy(update={"routes": [rule], **update})
+
+
+async def test_archive_writes_transcript_and_result_idempotently(
+    store: RunStore, engine, settings, client, sessions: Sessions
+) -> None:
+    session_id = sessions.finished(script="long:3")
+    worker = Worker(store, builtins(), client, settings)  # the default routes
+    add_delivery(engine, IDLE, session_id)
+    await run_until(worker, lambda: store.unfinished() == 0)
+
+    folder = settings.results_dir / session_id
+    lines = (folder / "events.jsonl").read_text().splitlines()
+    api_events = [
+        e.to_dict(mode="json") for e in sessions.api.beta.sessions.events.list(session_id)
+    ]
+    assert [json.loads(line) for line in lines] == api_events  # every event, raw, in order
+    assert [e["type"] for e in api_events][-1] == "session.status_idle"
+    result = json.loads((folder / "result.json").read_text())
+    assert result["session_id"] == session_id
+    assert (result["status"], result["stop_reason"]) == ("idle", "end_turn")
+    assert result["final_message"] == "Part 3."
+    assert result["event_count"] == len(api_events)
+    assert result["cost_usd"] is not None
+    assert result["active_seconds"] is not None
+    tracked = SessionStore(engine).get(session_id)
+    assert tracked is not None
+    assert tracked.result_captured_at is not None
+    assert tracked.transcript_saved_at is not None
+    assert tracked.cost_usd == result["cost_usd"]
+
+    def snapshot() -> dict[str, Any]:
+        out: dict[str, Any] = {p.name: p.read_bytes() for p in folder.iterdir()}
+        # The one thing that moves on its own: wall time since the session was created.
+        out["result.json"] = {**json.loads(out["result.json"]), "duration_seconds": None}
+        return out
+
+    first = snapshot()
+    add_delivery(engine, "session.idled", session_id)  # the same news again, other family
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert snapshot() == first  # same content, and no temp files left behind
+
+
+async def test_result_lists_session_files(store, engine, settings, client, sessions) -> None:
+    session_id = sessions.finished(script="files:2")
+    worker = Worker(store, builtins(), client, with_routes(settings, "archive"))
+    add_delivery(engine, IDLE, session_id)
+    await run_until(worker, lambda: store.unfinished() == 0)
+    result = json.loads((settings.results_dir / session_id / "result.json").read_text())
+    assert sorted(f["filename"] for f in result["files"]) == ["output-1.txt", "output-2.txt"]
+
+
+async def test_delete_runs_after_archive_and_stops_the_session(
+    store, engine, settings, client, sessions: Sessions
+) -> None:
+    session_id = sessions.finished()
+    worker = Worker(store, builtins(), client, with_routes(settings, "archive", "log", "delete"))
+    delivery = add_delivery(engine, IDLE, session_id)
+    await run_until(worker, lambda: store.unfinished() == 0)
+    runs = store.runs_for_delivery(delivery)
+    assert [(r.handler, r.state) for r in runs] == [
+        ("_route", "succeeded"),
+        ("archive", "succeeded"),
+        ("log", "succeeded"),
+        ("delete", "succeeded"),
+    ]
+    assert runs[1].finished_at <= runs[3].finished_at
+    assert (settings.results_dir / session_id / "events.jsonl").exists()
+    import anthropic
+
+    with pytest.raises(anthropic.NotFoundError):
+        sessions.api.beta.sessions.retrieve(session_id)
+    tracked = SessionStore(engine).get(session_id)
+    assert tracked is not None
+    assert tracked.deleted_at is not None
+
+
+async def test_delete_refuses_when_an_earlier_handler_is_dead(
+    store, engine, settings, client, sessions: Sessions
+) -> None:
+    session_id = sessions.finished()
+    broken = Recorder("broken", fail_times=99, permanent=True)
+    registry = Registry([broken, DeleteHandler()])
+    worker = Worker(store, registry, client, with_routes(settings, "broken", "delete"))
+    delivery = add_delivery(engine, IDLE, session_id)
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert [r.state for r in store.runs_for_delivery(delivery)] == ["succeeded", "dead", "dead"]
+    assert sessions.api.beta.sessions.retrieve(session_id).status == "idle"  # still there
+
+
+def forward_receiver(received: list[dict[str, Any]], fail_first: int) -> Starlette:
+    verifier = Webhook(SECRET)
+
+    async def hook(request: Request) -> JSONResponse:
+        body = (await request.body()).decode()
+        try:
+            payload = verifier.verify(body, dict(request.headers))
+        except Exception:
+            return JSONResponse({"error": "bad signature"}, status_code=401)
+        received.append({"id": request.headers["webhook-id"], "payload": payload})
+        if len(received) <= fail_first:
+            return JSONResponse({"error": "try later"}, status_code=503)
+        return JSONResponse({"ok": True})
+
+    return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+
+async def test_forward_posts_a_signed_result_and_retries_on_non_2xx(
+    store, engine, settings, client, sessions: Sessions
+) -> None:
+    from tests.support.servers import serve
+
+    session_id = sessions.finished()
+    received: list[dict[str, Any]] = []
+    with serve(forward_receiver(received, fail_first=1)) as url:
+        config = with_routes(
+            settings, "forward", forward=ForwardSettings(url=f"{url}/hook", secret=SECRET)
+        )
+        worker = Worker(store, builtins(), client, config)
+        delivery = add_delivery(engine, IDLE, session_id, event_id="wevt_fwd")
+        await run_until(worker, lambda: store.unfinished() == 0)
+    assert [(r.handler, r.state, r.attempts) for r in store.runs_for_delivery(delivery)][1] == (
+        "forward",
+        "succeeded",
+        2,
+    )
+    assert [r["id"] for r in received] == ["wevt_fwd.forward"] * 2  # stable id: dedupable
+    payload = received[-1]["payload"]
+    assert payload["session_id"] == session_id
+    assert payload["event_id"] == "wevt_fwd"
+    assert payload["result"]["stop_reason"] == "end_turn"
+
+
+async def test_forward_with_a_wrong_secret_is_rejected_and_unconfigured_is_dead(
+    store, engine, settings, client, sessions: Sessions
+) -> None:
+    from tests.support.servers import serve
+
+    session_id = sessions.finished()
+    received: list[dict[str, Any]] = []
+    with serve(forward_receiver(received, fail_first=0)) as url:
+        wrong = "whsec_" + "QUJD" * 11
+        config = with_routes(
+            settings, "forward", forward=ForwardSettings(url=f"{url}/hook", secret=wrong)
+        )
+        worker = Worker(store, builtins(), client, config)
+        bad = add_delivery(engine, IDLE, session_id)
+        await run_until(worker, lambda: store.unfinished() == 0)
+    assert received == []
+    run = store.runs_for_delivery(bad)[1]
+    assert (run.state, run.attempts) == ("dead", settings.worker.max_attempts)
+    assert "401" in (run.last_error or "")
+
+    unconfigured = Worker(store, builtins(), client, with_routes(settings, "forward"))
+    missing = add_delivery(engine, IDLE, session_id)
+    await run_until(unconfigured, lambda: store.unfinished() == 0)
+    run = store.runs_for_delivery(missing)[1]
+    assert (run.state, run.attempts) == ("dead", 1)

@@ -1,0 +1,243 @@
+"""The worker against a real store (SQLite and PostgreSQL) and the emulator through the SDK."""
+
+import asyncio
+
+import anthropic
+from prometheus_client import REGISTRY
+
+from emulator.app import create_emulator
+from emulator.config import EmulatorConfig
+from handlers.registry import Registry
+from handlers.worker import Worker
+from idlehook.settings import RouteRule, Settings
+from store.runs import RunStore
+from store.sessions import SessionStore
+from tests.handlers.conftest import API_KEY, Sessions
+from tests.handlers.helpers import add_delivery, run_states
+from tests.handlers.support import Recorder, run_until
+from tests.support.servers import serve
+
+TERMINATED = "session.status_terminated"
+
+
+def only(settings: Settings, *handlers: str, event_types: list[str] | None = None) -> Settings:
+    rule = RouteRule(name="test", event_types=event_types or [TERMINATED], handlers=list(handlers))
+    return settings.model_copy(update={"routes": [rule]})
+
+
+def states(store: RunStore, delivery_id: int) -> list[tuple[str, str, int]]:
+    return [(r.handler, r.state, r.attempts) for r in store.runs_for_delivery(delivery_id)]
+
+
+async def test_flaky_plugin_is_retried_until_it_succeeds(store, engine, settings, client) -> None:
+    flaky = Recorder("flaky", fail_times=2)
+    worker = Worker(store, Registry([flaky]), client, only(settings, "flaky"))
+    delivery = add_delivery(engine, TERMINATED, "sesn_x")
+
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert states(store, delivery) == [("_route", "succeeded", 1), ("flaky", "succeeded", 3)]
+    assert [attempt for _, _, attempt in flaky.calls] == [1, 2, 3]
+    run = store.runs_for_delivery(delivery)[1]
+    # The last failure is kept, secrets masked.
+    assert run.last_error is not None
+    assert "failure 2" in run.last_error
+    assert "sk-ant-secret" not in run.last_error
+    assert run.duration_ms is not None
+    assert run.finished_at is not None
+
+
+async def test_always_failing_plugin_goes_dead_then_replay_runs_it_again(
+    store, engine, settings, client
+) -> None:
+    broken = Recorder("broken", fail_times=3)
+    worker = Worker(store, Registry([broken]), client, only(settings, "broken"))
+    delivery = add_delivery(engine, TERMINATED, "sesn_x")
+    before = (
+        REGISTRY.get_sample_value("idlehook_handler_dead_letters_total", {"handler": "broken"}) or 0
+    )
+
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert states(store, delivery)[1] == ("broken", "dead", 3)
+    assert (
+        REGISTRY.get_sample_value("idlehook_handler_dead_letters_total", {"handler": "broken"})
+        == before + 1
+    )
+    [dead] = store.status().dead_letters
+    assert dead.handler == "broken"
+    assert dead.event_type == TERMINATED
+
+    assert store.replay(worker.now(), handler="broken") == [dead.id]
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert states(store, delivery)[1] == ("broken", "succeeded", 1)
+    assert len(broken.calls) == 4
+
+
+async def test_permanent_error_and_unknown_handler_dead_letter_at_once(
+    store, engine, settings, client
+) -> None:
+    quitter = Recorder("quitter", fail_times=1, permanent=True)
+    worker = Worker(store, Registry([quitter]), client, only(settings, "quitter", "missing"))
+    delivery = add_delivery(engine, TERMINATED, "sesn_x")
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert states(store, delivery)[1:] == [("quitter", "dead", 1), ("missing", "dead", 1)]
+    assert "no handler named 'missing'" in (store.runs_for_delivery(delivery)[2].last_error or "")
+
+
+async def test_unknown_type_is_acknowledged_and_routed_to_nothing(
+    store, engine, settings, client
+) -> None:
+    catch_all = settings.model_copy(
+        update={
+            "routes": [*settings.routes, RouteRule(event_types=["agent.created"], handlers=["x"])]
+        }
+    )
+    worker = Worker(store, Registry([]), client, catch_all)
+    labels = {"event_type": "unknown", "decision": "no_rule"}
+    before = REGISTRY.get_sample_value("idlehook_notifications_routed_total", labels) or 0
+    delivery = add_delivery(engine, "session.teleported", "sesn_x")
+    other = add_delivery(engine, "vault.exploded", None)
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert states(store, delivery) == [("_route", "succeeded", 1)]
+    assert states(store, other) == [("_route", "succeeded", 1)]
+    after = REGISTRY.get_sample_value("idlehook_notifications_routed_total", labels)
+    assert after == before + 2
+
+
+async def test_one_lane_at_a_time_in_order_many_lanes_in_parallel(
+    store, engine, settings, client
+) -> None:
+    slow = Recorder("slow", delay=0.02)
+    config = only(settings, "slow")
+    workers = [Worker(store, Registry([slow]), client, config, worker_id=f"w{i}") for i in range(2)]
+    deliveries = [add_delivery(engine, TERMINATED, f"sesn_{i % 3}") for i in range(9)]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await run_until(
+            Worker(store, Registry([slow]), client, config, worker_id="w3"),
+            lambda: store.unfinished() == 0,
+        )
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*tasks)
+    assert slow.overlaps == []
+    assert len(slow.calls) == 9  # each run exactly once
+    for lane in ("sesn_0", "sesn_1", "sesn_2"):
+        seen = [event_id for event_id, sid, _ in slow.calls if sid == lane]
+        expected = [
+            store.delivery(d).event_id for d in deliveries if store.delivery(d).session_id == lane
+        ]
+        assert seen == expected  # in arrival order
+
+
+async def test_wake_starts_new_work_without_waiting_for_the_poll(
+    store, engine, settings, client
+) -> None:
+    lazy = settings.model_copy(
+        update={"worker": settings.worker.model_copy(update={"poll_seconds": 30.0})}
+    )
+    recorder = Recorder("rec")
+    worker = Worker(store, Registry([recorder]), client, only(lazy, "rec"))
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.1)  # the worker is now asleep on its 30 s poll
+        add_delivery(engine, TERMINATED, "sesn_w")
+        worker.wake()
+        async with asyncio.timeout(10):
+            while store.unfinished():
+                await asyncio.sleep(0.02)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+    assert len(recorder.calls) == 1
+
+
+async def test_drain_returns_when_nothing_is_claimable(store, engine, settings, client) -> None:
+    recorder = Recorder("rec")
+    worker = Worker(store, Registry([recorder]), client, only(settings, "rec"))
+    for i in range(3):
+        add_delivery(engine, TERMINATED, f"sesn_{i}")
+    await asyncio.wait_for(worker.run(drain=True), 20)
+    assert store.unfinished() == 0
+    assert len(recorder.calls) == 3
+
+
+async def test_idle_routes_from_fetched_facts_and_records_the_session(
+    store, engine, settings, client, sessions: Sessions
+) -> None:
+    recorder = Recorder("rec")
+    rules = [RouteRule(stop_reasons=["end_turn"], metadata={"team": "blue"}, handlers=["rec"])]
+    worker = Worker(
+        store, Registry([recorder]), client, settings.model_copy(update={"routes": rules})
+    )
+    finished = sessions.start(script="end_turn", metadata={"team": "blue"})
+    waiting = sessions.start(script="requires_action", metadata={"team": "blue"})
+    sessions.wait_status(finished, "idle")
+    sessions.wait_status(waiting, "idle")
+    hit = add_delivery(engine, "session.idled", finished)  # the second family
+    miss = add_delivery(engine, "session.status_idled", waiting)
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert [h for h, _, _ in states(store, hit)] == ["_route", "rec"]
+    assert [h for h, _, _ in states(store, miss)] == ["_route"]
+    tracked = SessionStore(engine).get(waiting)
+    assert tracked is not None
+    assert (tracked.status, tracked.stop_reason) == ("idle", "requires_action")
+    assert tracked.agent_id == sessions.agent_id
+    assert tracked.session_metadata["team"] == "blue"
+    assert tracked.last_webhook_at is not None
+    assert tracked.created_at is not None
+
+
+async def test_stale_idle_is_not_harvested(store, engine, settings) -> None:
+    # A slow emulator: the session stays running long after the (early) idle notification.
+    with serve(create_emulator(EmulatorConfig(speed=1.0, run_seconds=120.0))) as url:
+        sessions = Sessions(url)
+        session_id = sessions.start()
+        sessions.wait_status(session_id, "running")
+        recorder = Recorder("archive")
+        async with anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url, max_retries=0) as client:
+            worker = Worker(store, Registry([recorder]), client, settings)
+            delivery = add_delivery(engine, "session.status_idled", session_id)
+            await run_until(worker, lambda: store.unfinished() == 0)
+        sessions.api.close()
+    assert states(store, delivery) == [("_route", "succeeded", 1)]
+    assert recorder.calls == []
+    tracked = SessionStore(engine).get(session_id)
+    assert tracked is not None
+    assert tracked.status == "running"
+
+
+async def test_a_deleted_session_routes_by_type_only(
+    store, engine, settings, client, sessions: Sessions
+) -> None:
+    session_id = sessions.finished()
+    sessions.api.beta.sessions.delete(session_id)
+    recorder = Recorder("rec")
+    rules = [
+        RouteRule(event_types=["session.deleted"], handlers=["rec"]),
+        RouteRule(stop_reasons=["end_turn"], handlers=["never"]),
+    ]
+    worker = Worker(
+        store, Registry([recorder]), client, settings.model_copy(update={"routes": rules})
+    )
+    late = add_delivery(engine, "session.status_idled", session_id)
+    gone = add_delivery(engine, "session.deleted", session_id)
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert run_states(engine) == {
+        (late, "_route"): "succeeded",
+        (gone, "_route"): "succeeded",
+        (gone, "rec"): "succeeded",
+    }
+    tracked = SessionStore(engine).get(session_id)
+    assert tracked is not None
+    assert tracked.deleted_at is not None
+
+
+def test_routes_naming_missing_handlers_are_reported(store: RunStore, settings: Settings) -> None:
+    from structlog.testing import capture_logs
+
+    client = anthropic.AsyncAnthropic(api_key="k", base_url="http://127.0.0.1:9")
+    with capture_logs() as logs:
+        Worker(store, Registry([]), client, settings)
+    [entry] = [e for e in logs if e["event"] == "worker.routes_name_missing_handlers"]
+    assert entry["handlers"] == ["archive", "log"]
