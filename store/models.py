@@ -113,6 +113,10 @@ class TrackedSession(SQLModel, table=True):
     deleted_at: datetime | None = Field(default=None, sa_column=ts_column(index=True))
     active_seconds: float | None = None
     cost_usd: float | None = None
+    # Deadline watchdog (sessions/watchdog.py): when it last fetched the session itself, and
+    # when it interrupted a session past its deadline and handed it to the reaper.
+    polled_at: datetime | None = Field(default=None, sa_column=ts_column())
+    reap_requested_at: datetime | None = Field(default=None, sa_column=ts_column(index=True))
 
 
 class HandlerRun(SQLModel, table=True):
@@ -145,3 +149,113 @@ class HandlerRun(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
     finished_at: datetime | None = Field(default=None, sa_column=ts_column())
+
+
+# --- launches (sessions/launcher.py, sessions/pacing.py) -------------------------------------
+
+
+class LaunchState(StrEnum):
+    QUEUED = "queued"  # waiting for its turn (or for a retry after a 429/5xx)
+    CREATING = "creating"  # a create call was (or is about to be) sent: outcome unknown if stale
+    CREATED = "created"
+    FAILED = "failed"  # permanently: nothing was created
+
+
+class Launch(SQLModel, table=True):
+    """One session to start: the durable queue every launch goes through, drained under the
+    shared create-rate limit. The unique idempotency key makes a repeated start a no-op."""
+
+    __tablename__ = "launches"
+    __table_args__ = (sa.Index("ix_launches_claim", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    idempotency_key: str = Field(max_length=200, sa_column_kwargs={"unique": True})
+    # The validated LaunchRequest as JSON, with its deadline already made absolute.
+    request: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())
+    state: str = Field(default=LaunchState.QUEUED, max_length=20)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    lease_owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=ts_column())
+    # Set by the first create call: the lower bound when looking for a session an
+    # unanswered call may have created anyway.
+    first_attempt_at: datetime | None = Field(default=None, sa_column=ts_column())
+    outcome_unknown: bool = False
+    session_id: str | None = Field(default=None, max_length=200, index=True)
+    agent_version: int | None = None
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    warnings: list[str] = Field(
+        default_factory=list, sa_column=sa.Column(sa.JSON(), nullable=False, default=list)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    finished_at: datetime | None = Field(default=None, sa_column=ts_column())
+
+
+class RateSlot(SQLModel, table=True):
+    """The next free request slot per rate class ("create", "read"), shared by every process.
+
+    Epoch seconds as a float, not a timestamp: the gate advances it with plain arithmetic in
+    one UPDATE, which SQLite cannot do on its text datetimes.
+    """
+
+    __tablename__ = "rate_slots"
+
+    kind: str = Field(primary_key=True, max_length=40)
+    next_at: float = 0.0
+
+
+class EnvironmentCheck(SQLModel, table=True):
+    """Launch preflight: an environment's networking as last seen, cached for a while."""
+
+    __tablename__ = "environment_checks"
+
+    environment_id: str = Field(primary_key=True, max_length=200)
+    networking: str | None = Field(default=None, max_length=40)  # unrestricted | limited | None
+    checked_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+
+
+# --- end launches ------------------------------------------------------------------------------
+
+
+# --- reaper and reconciler (sessions/reaper.py, sessions/reconciler.py) ------------------------
+
+
+class ReaperActionKind(StrEnum):
+    DELETED = "deleted"
+    INTERRUPTED = "interrupted"
+    ARCHIVED = "archived"  # saved events.jsonl/result.json itself before deleting
+    SKIPPED = "skipped"  # chosen, then held back by a guard (pending work, unsaved result, ...)
+    REFUSED = "refused"  # the API said no (4xx): retried on the next run
+    FAILED = "failed"
+
+
+class ReaperAction(SQLModel, table=True):
+    """One thing the reaper did (or, with dry_run, would have done) to one session."""
+
+    __tablename__ = "reaper_actions"
+    __table_args__ = (sa.Index("ix_reaper_actions_session_at", "session_id", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(max_length=64, index=True)
+    session_id: str = Field(max_length=200)
+    action: str = Field(max_length=20)
+    reason: str = Field(max_length=60)
+    dry_run: bool = False
+    at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    # Container cost the delete stops (USD per hour); 0 for anything but a delete.
+    est_saving_usd_per_hour: float = 0.0
+
+
+class ReconcileCursor(SQLModel, table=True):
+    """How far the reconciler has looked: transitions at or before `through` are settled."""
+
+    __tablename__ = "reconcile_cursors"
+
+    name: str = Field(primary_key=True, max_length=60)
+    through: datetime = Field(sa_column=ts_column(False))
+    swept_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+
+
+# --- end reaper and reconciler -----------------------------------------------------------------

@@ -1,0 +1,286 @@
+"""`idlehook start`, `idlehook sessions`, `idlehook launches`. No logic here.
+
+    idlehook start --agent agent_01:3 --environment env_01 --message "Triage #42" --deadline 2h
+    idlehook start ... --queue                 enqueue and return at once (a worker creates it)
+    idlehook start --batch jobs.jsonl          enqueue one launch per JSON line
+    idlehook sessions [--json]                 tracked sessions: status, age, route, cost
+    idlehook launches [--state failed]         the launch queue
+
+`--file` takes a `file_...` id, or a local path, which is uploaded first (the emulator has no
+upload endpoint, so against it only ids work). Exit codes: 0 launched or queued, 1 refused or
+failed, 3 still queued when the wait ran out.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from anthropic import AsyncAnthropic
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import Engine
+
+from idlehook.logs import configure_logging
+from idlehook.settings import Settings
+from sessions.durations import format_duration
+from sessions.launcher import (
+    InvalidLaunch,
+    Launcher,
+    LaunchError,
+    LaunchRequest,
+    LaunchResult,
+    describe_tracked,
+)
+from sessions.metadata import MetadataError, parse_pairs
+from sessions.pacing import Pacer
+from store.engine import make_engine, migrate
+from store.launches import LaunchStore
+from store.models import LaunchState, utcnow
+
+EXIT_PENDING = 3
+
+
+def register(subparsers: Any) -> None:
+    start = subparsers.add_parser(
+        "start",
+        help="start a session (one create call; never waits for the run)",
+        description="Start a session with its first message in the create call.",
+    )
+    start.add_argument("--agent", metavar="ID[:VERSION]", help="pinned to the current version")
+    start.add_argument("--environment", metavar="ENV_ID")
+    start.add_argument("--message", metavar="TEXT", help="the first user message")
+    start.add_argument("--title")
+    start.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    start.add_argument("--route", help="stamped as idlehook_route, for routing its webhooks")
+    start.add_argument("--deadline", metavar="DURATION", help="e.g. 2h: interrupted after")
+    start.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        dest="files",
+        metavar="PATH|FILE_ID",
+        help="mount a file (repeatable)",
+    )
+    start.add_argument("--idempotency-key", metavar="KEY", help="same key, same session")
+    start.add_argument("--strict", action="store_true", help="refuse unrestricted networking")
+    start.add_argument("--queue", action="store_true", help="enqueue and return at once")
+    start.add_argument("--batch", metavar="FILE.jsonl", help="enqueue one launch per line")
+    start.add_argument(
+        "--wait", type=float, default=300.0, metavar="SECONDS", help="give up waiting after"
+    )
+    start.add_argument("--json", action="store_true", help="print the result as JSON")
+    start.set_defaults(func=run_start)
+
+    listing = subparsers.add_parser("sessions", help="list tracked sessions")
+    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--all", action="store_true", help="include deleted sessions")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=run_sessions)
+
+    launches = subparsers.add_parser("launches", help="list the launch queue")
+    launches.add_argument(
+        "--state", action="append", choices=[s.value for s in LaunchState], default=[]
+    )
+    launches.add_argument("--limit", type=int, default=50)
+    launches.add_argument("--json", action="store_true")
+    launches.set_defaults(func=run_launches)
+
+
+# -- building (the lead's wiring.py may take these over) ------------------------------------
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.load(config=Path(args.config) if getattr(args, "config", None) else None)
+    log_json = getattr(args, "log_json", None)
+    # Uncached: a one-shot command, and tests run many of them in one process.
+    configure_logging(json=log_json if log_json else settings.json_logs, cache=False)
+    return settings
+
+
+def _engine(settings: Settings) -> Engine:
+    engine = make_engine(settings.database_url, pool_size=4)
+    migrate(engine)
+    return engine
+
+
+def build_launcher(settings: Settings, engine: Engine) -> Launcher:
+    client = AsyncAnthropic(
+        api_key=settings.api_key.get_secret_value(), base_url=settings.base_url, max_retries=0
+    )
+    pacer = Pacer(engine, rpm={"create": settings.create_rpm, "read": settings.read_rpm})
+    return Launcher(engine, client, pacer, owner=settings.owner, strict=settings.strict)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+# -- start -----------------------------------------------------------------------------------
+
+
+def _request_from_flags(args: argparse.Namespace, files: list[str]) -> LaunchRequest:
+    missing = [flag for flag in ("agent", "environment", "message") if not getattr(args, flag)]
+    if missing:
+        raise InvalidLaunch("missing " + ", ".join(f"--{m}" for m in missing))
+    try:
+        metadata = parse_pairs(args.metadata)
+    except MetadataError as exc:
+        raise InvalidLaunch(str(exc)) from None
+    fields: dict[str, Any] = {
+        "agent": args.agent,
+        "environment": args.environment,
+        "message": args.message,
+        "title": args.title,
+        "metadata": metadata,
+        "route": args.route,
+        "deadline": args.deadline,
+        "files": files,
+        "idempotency_key": args.idempotency_key,
+    }
+    if args.strict:
+        fields["strict"] = True
+    return LaunchRequest.parse(fields)
+
+
+def _read_batch(path: Path, strict: bool) -> list[LaunchRequest]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InvalidLaunch(f"cannot read {path}: {exc.strerror}") from None
+    requests = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except ValueError:
+            raise InvalidLaunch(f"{path}:{number}: not valid JSON") from None
+        if strict and isinstance(data, dict):
+            data.setdefault("strict", True)
+        try:
+            requests.append(LaunchRequest.parse(data))
+        except InvalidLaunch as exc:
+            raise InvalidLaunch(f"{path}:{number}: {exc}") from None
+    if not requests:
+        raise InvalidLaunch(f"{path}: no launches in it")
+    return requests
+
+
+async def _start(args: argparse.Namespace, launcher: Launcher) -> list[LaunchResult]:
+    if args.batch:
+        return await launcher.enqueue_many(_read_batch(Path(args.batch), args.strict))
+    files = []
+    for item in args.files:
+        files.append(item if item.startswith("file_") else await launcher.upload(Path(item)))
+    request = _request_from_flags(args, files)
+    if args.queue:
+        return [await launcher.enqueue(request)]
+    return [await launcher.start(request, wait_seconds=args.wait)]
+
+
+def run_start(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        launcher = build_launcher(settings, engine)
+        try:
+            results = asyncio.run(_start(args, launcher))
+        except LaunchError as exc:
+            return _fail(str(exc))
+    finally:
+        engine.dispose()
+    for result in results:
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        body: Any = [r.to_json() for r in results] if args.batch else results[0].to_json()
+        print(json.dumps(body, indent=2))
+    elif args.batch:
+        new = sum(1 for r in results if r.new)
+        print(f"queued {new} launches ({len(results) - new} already known)")
+    else:
+        result = results[0]
+        print(result.session_id or f"queued launch {result.launch_id} ({result.idempotency_key})")
+    if not args.batch and not args.queue and results[0].state != LaunchState.CREATED:
+        print("still queued: a worker will create it", file=sys.stderr)
+        return EXIT_PENDING
+    return 0
+
+
+# -- listings --------------------------------------------------------------------------------
+
+
+def run_sessions(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        rows = LaunchStore(engine).tracked(limit=args.limit, include_deleted=args.all)
+    finally:
+        engine.dispose()
+    now = utcnow()
+    described = [describe_tracked(r, now) for r in rows]
+    if args.json:
+        print(json.dumps(described, indent=2))
+        return 0
+    table = Table(title=f"{len(described)} tracked sessions")
+    table.add_column("session", no_wrap=True)
+    for column in ("status", "age", "route", "result", "cost", "deadline"):
+        table.add_column(column)
+    for item in described:
+        age = item["age_seconds"]
+        cost = item["cost_usd"]
+        status = item["status"] or "?"
+        if item["reap_requested"]:
+            status += " (reap)"
+        table.add_row(
+            item["id"],
+            status,
+            format_duration_s(age),
+            item["route"] or "",
+            "yes" if item["result_captured"] else "",
+            f"${cost:.4f}" if cost is not None else "",
+            item["deadline"][:16].replace("T", " ") if item["deadline"] else "",
+        )
+    Console().print(table)
+    return 0
+
+
+def format_duration_s(seconds: float | None) -> str:
+    return "" if seconds is None else format_duration(timedelta(seconds=seconds))
+
+
+def run_launches(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    engine = _engine(settings)
+    try:
+        store = LaunchStore(engine)
+        rows = store.recent(args.state, limit=args.limit)
+        counts = store.counts()
+    finally:
+        engine.dispose()
+    described = [LaunchResult.of(r, new=False).to_json() | {"attempts": r.attempts} for r in rows]
+    if args.json:
+        print(json.dumps({"counts": counts, "launches": described}, indent=2))
+        return 0
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "empty"
+    table = Table(title=f"launches: {summary}")
+    for column in ("id", "key", "state", "attempts", "session", "error"):
+        table.add_column(column)
+    for item in described:
+        table.add_row(
+            str(item["launch_id"]),
+            item["idempotency_key"],
+            item["state"],
+            str(item["attempts"]),
+            item["session_id"] or "",
+            (item["error"] or "")[:80],
+        )
+    Console().print(table)
+    return 0

@@ -1,0 +1,153 @@
+"""The deadline watchdog: catch what the webhooks missed, stop what overran.
+
+Webhooks are at-most-3-attempts and then dropped, so a session we launched may sit "running" in
+our store long after it went idle. Each sweep looks at our sessions whose last known status is
+not idle or terminated and fetches those that have been silent too long, or are past their
+deadline. A session past its deadline and still running gets a `user.interrupt` and is marked
+for the reaper (`reap_requested_at`). `plan` is the pure decision; `Watchdog` does the I/O.
+"""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import anthropic
+import structlog
+from anthropic import AsyncAnthropic
+from sqlalchemy.engine import Engine
+
+from sessions.pacing import Pacer
+from store.launches import QUIET_STATUSES, LaunchStore
+from store.models import TrackedSession, utcnow
+
+log = structlog.get_logger(__name__)
+
+RUNTIME_USD_PER_HOUR = 0.08
+STILL_RUNNING = ("running", "rescheduling")
+
+Reason = Literal["past_deadline", "silent"]
+
+
+def plan(session: TrackedSession, now: datetime, silence: timedelta) -> Reason | None:
+    """Why the watchdog should fetch this session now, or None to leave it be."""
+    if session.status in QUIET_STATUSES or session.reap_requested_at is not None:
+        return None
+    if session.deadline is not None and now >= session.deadline:
+        return "past_deadline"
+    heard = [t for t in (session.last_webhook_at, session.polled_at) if t is not None]
+    last = max(heard) if heard else (session.created_at or session.first_seen_at)
+    if now - last >= silence:
+        return "silent"
+    return None
+
+
+def should_interrupt(status: str, deadline: datetime | None, now: datetime) -> bool:
+    return deadline is not None and now >= deadline and status in STILL_RUNNING
+
+
+def cost_usd(usage: Any) -> float | None:
+    """Runtime (per active hour) plus the token list cost, as far as the API reports them."""
+    if usage is None:
+        return None
+    total = 0.0
+    known = False
+    if usage.active_seconds is not None:
+        total += usage.active_seconds / 3600 * RUNTIME_USD_PER_HOUR
+        known = True
+    if usage.list_cost is not None and usage.list_cost.amount.isdigit():
+        total += int(usage.list_cost.amount) / 100
+        known = True
+    return round(total, 6) if known else None
+
+
+@dataclass
+class SweepReport:
+    checked: int = 0
+    polled: int = 0
+    status_changed: int = 0
+    interrupted: int = 0
+    gone: int = 0
+    errors: int = 0
+    changes: dict[str, str] = field(default_factory=dict)  # session id -> new status
+
+
+class Watchdog:
+    def __init__(
+        self,
+        engine: Engine,
+        client: AsyncAnthropic,
+        pacer: Pacer,
+        *,
+        silence: timedelta = timedelta(minutes=10),
+        batch: int = 200,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = LaunchStore(engine, now=now)
+        self.client = client.with_options(max_retries=0)
+        self.pacer = pacer
+        self.silence = silence
+        self.batch = batch
+        self._now = now
+
+    async def sweep(self) -> SweepReport:
+        report = SweepReport()
+        candidates = await asyncio.to_thread(self.store.watch_candidates, self.batch)
+        now = self._now()
+        for session in candidates:
+            report.checked += 1
+            reason = plan(session, now, self.silence)
+            if reason is None:
+                continue
+            with structlog.contextvars.bound_contextvars(session_id=session.id, reason=reason):
+                try:
+                    await self._check(session, report)
+                except anthropic.APIError as exc:
+                    report.errors += 1
+                    log.warning("watchdog.fetch_failed", error=type(exc).__name__)
+                    if isinstance(exc, anthropic.RateLimitError):
+                        # The API is the one short of breath: stop this sweep here.
+                        self.pacer.penalise("read", 1.0)
+                        break
+        if report.polled:
+            log.info(
+                "watchdog.sweep",
+                checked=report.checked,
+                polled=report.polled,
+                status_changed=report.status_changed,
+                interrupted=report.interrupted,
+                gone=report.gone,
+            )
+        return report
+
+    async def _check(self, tracked: TrackedSession, report: SweepReport) -> None:
+        await self.pacer.acquire("read")
+        try:
+            session = await self.client.beta.sessions.retrieve(tracked.id)
+        except anthropic.NotFoundError:
+            report.gone += 1
+            log.info("watchdog.session_gone")
+            await asyncio.to_thread(self.store.mark_deleted, tracked.id)
+            return
+        report.polled += 1
+        usage = getattr(session, "usage", None)
+        await asyncio.to_thread(
+            self.store.record_poll,
+            tracked.id,
+            status=session.status,
+            active_seconds=getattr(usage, "active_seconds", None),
+            cost_usd=cost_usd(usage),
+        )
+        if session.status != tracked.status:
+            report.status_changed += 1
+            report.changes[tracked.id] = session.status
+            log.info("watchdog.status_changed", was=tracked.status, now=session.status)
+        if should_interrupt(session.status, tracked.deadline, self._now()):
+            await self.pacer.acquire("read")
+            await self.client.beta.sessions.events.send(
+                tracked.id, events=[{"type": "user.interrupt"}]
+            )
+            await asyncio.to_thread(self.store.request_reap, tracked.id)
+            report.interrupted += 1
+            log.warning("watchdog.interrupted_past_deadline", deadline=str(tracked.deadline))
