@@ -25,6 +25,11 @@ class RouteRule(BaseModel):
 
     Conditions left empty match anything. `event_types` matches the webhook `data.type`;
     the others are facts fetched from the session when the rule needs them.
+
+    Rules are not first-match: the handlers of every matching rule run, in rule order, each
+    handler once (first-seen position wins). An idle notification whose session is no longer
+    idle when fetched matches nothing (stale). Rules asking about the session never match one
+    that is gone (404), so late and `session.deleted` notifications route by type only.
     """
 
     name: str = ""
@@ -41,8 +46,12 @@ def default_routes() -> list[RouteRule]:
     idle = ["session.status_idled", "session.idled"]
     terminated = ["session.status_terminated"]
     return [
-        RouteRule(name="finished", event_types=idle, stop_reasons=["end_turn"],
-                  handlers=["archive", "log"]),
+        RouteRule(
+            name="finished",
+            event_types=idle,
+            stop_reasons=["end_turn"],
+            handlers=["archive", "log"],
+        ),
         RouteRule(name="terminated", event_types=terminated, handlers=["archive", "log"]),
     ]
 
@@ -60,6 +69,53 @@ class ForwardSettings(BaseModel):
     url: str | None = None
     secret: SecretStr | None = None
     timeout_seconds: float = 10.0
+
+
+def _check_duration(value: str | None) -> str | None:
+    # Imported here: settings load before anything else and must stay cheap to import.
+    from sessions.durations import parse_duration
+
+    if value is not None:
+        parse_duration(value)
+    return value
+
+
+class ReaperSettings(BaseModel):
+    """`[reaper]`: which sessions `idlehook reap` deletes, and how carefully."""
+
+    # Idle this long with nothing pending: an orphan ("0s" allowed).
+    idle_for: str = "15m"
+    # Sessions idlehook did not launch are touched only when enabled, and only past this age.
+    include_unowned: bool = False
+    max_age: str | None = None
+    # Sessions fired by these deployments count as ours.
+    owned_deployments: list[str] = Field(default_factory=list)
+    # Any matching pair keeps a session, e.g. {keep = "true"}.
+    exclude_metadata: dict[str, str] = Field(default_factory=lambda: {"keep": "true"})
+    # Save events.jsonl/result.json itself instead of skipping an unsaved session.
+    archive_before_delete: bool = False
+    container_usd_per_hour: float = Field(default=0.08, ge=0)
+    # How far back (by created_at) to list sessions.
+    lookback: str = "30d"
+    # After interrupting a running session past its deadline, wait this long for it to idle.
+    interrupt_wait_seconds: float = Field(default=10.0, ge=0)
+    # Inside the worker: run every this many seconds (None: only from cron / the CLI).
+    interval_seconds: float | None = Field(default=None, gt=0)
+
+    _durations = field_validator("idle_for", "max_age", "lookback")(_check_duration)
+
+
+class ReconcileSettings(BaseModel):
+    """`[reconcile]`: find status changes no webhook told us about."""
+
+    interval_seconds: float = Field(default=60.0, gt=0)
+    lookback: str = "24h"
+    # A transition younger than this may still have its webhook in flight.
+    settle_seconds: float = Field(default=30.0, ge=0)
+    # Sessions changed status but no webhook arrived for this long: the endpoint is likely off.
+    silence_alarm_seconds: float = Field(default=900.0, gt=0)
+
+    _durations = field_validator("lookback")(_check_duration)
 
 
 class Settings(BaseSettings):
@@ -96,6 +152,11 @@ class Settings(BaseSettings):
 
     # Who this instance is: stamped on every session it launches as metadata `idlehook_owner`.
     owner: str = "idlehook"
+    # Refuse to launch into an environment with unrestricted networking (`idlehook start
+    # --strict` per launch); otherwise such launches go ahead with a warning.
+    strict: bool = False
+    # How often the in-process deadline watchdog polls sessions no webhook has spoken for.
+    watchdog_seconds: float = Field(default=60.0, gt=0)
 
     host: str = "127.0.0.1"
     port: int = 8080
@@ -106,6 +167,8 @@ class Settings(BaseSettings):
     routes: list[RouteRule] = Field(default_factory=default_routes)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
+    reaper: ReaperSettings = Field(default_factory=ReaperSettings)
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
 
     # The API's rate limits (requests per minute), shared by every worker through the store.
     create_rpm: int = Field(default=300, ge=1)

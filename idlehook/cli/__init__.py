@@ -12,6 +12,9 @@ from collections.abc import Sequence
 # Command-group modules, in the order `idlehook --help` lists them.
 GROUPS = [
     "idlehook.cli.emulator",
+    "idlehook.cli.reap",
+    "idlehook.cli.sessions",
+    "idlehook.cli.worker",
 ]
 
 

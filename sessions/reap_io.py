@@ -1,0 +1,181 @@
+"""The API calls the reaper and the reconciler make, each one paced through the shared gate.
+
+Every call here is of the API's "other" class (600 RPM), so all take the gate's "read" slot.
+A 429 that gets through anyway pushes the whole class back by the server's advice, then the
+call is tried again; any other error is the caller's to judge.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+import anthropic
+import structlog
+from anthropic import AsyncAnthropic
+
+from sessions.session_view import as_utc
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+READ = "read"
+STATUS_EVENT_TYPES = ("session.status_idle", "session.status_running", "session.status_terminated")
+# The stream's status events, and the status each one leaves the session in.
+STATUS_OF_EVENT = {
+    "session.status_idle": "idle",
+    "session.status_running": "running",
+    "session.status_terminated": "terminated",
+    "session.status_rescheduled": "rescheduling",
+}
+DEFAULT_RETRY_AFTER_S = 1.0
+
+
+class Gate(Protocol):
+    """What sessions/pacing.py's Pacer offers; tests may pass a counting stand-in."""
+
+    async def acquire(self, kind: str) -> None: ...
+
+    def penalise(self, kind: str, retry_after_s: float) -> None: ...
+
+
+class OpenGate:
+    """No pacing, but a 429's retry-after is still honoured: for one-off tools and tests."""
+
+    def __init__(self) -> None:
+        self._not_before: dict[str, float] = {}
+
+    async def acquire(self, kind: str) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._not_before.get(kind, 0.0) - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def penalise(self, kind: str, retry_after_s: float) -> None:
+        until = asyncio.get_running_loop().time() + retry_after_s
+        self._not_before[kind] = max(self._not_before.get(kind, 0.0), until)
+
+
+@dataclass(frozen=True)
+class StatusEvent:
+    """The latest status change in a session's event list: what it became, and when."""
+
+    status: str
+    at: datetime
+    stop_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a session looked like when chosen; any difference later means hands off."""
+
+    status: str
+    updated_at: datetime
+    last_event_id: str | None
+
+
+def retry_after_seconds(exc: anthropic.APIStatusError) -> float:
+    headers = exc.response.headers
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            return max(0.0, float(raw) * scale)
+        except ValueError:
+            continue  # an HTTP date: rare from this API, fall back to the default
+    return DEFAULT_RETRY_AFTER_S
+
+
+class PacedCalls:
+    def __init__(self, client: AsyncAnthropic, gate: Gate, *, max_rate_retries: int = 5) -> None:
+        self.client = client
+        self.gate = gate
+        self.max_rate_retries = max_rate_retries
+        self.rate_limited = 0  # 429s seen, for reports and tests
+
+    async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            await self.gate.acquire(READ)
+            try:
+                return await fn()
+            except anthropic.RateLimitError as exc:
+                self.rate_limited += 1
+                attempt += 1
+                if attempt > self.max_rate_retries:
+                    raise
+                wait = retry_after_seconds(exc)
+                log.warning("api.rate_limited", retry_after_s=wait, attempt=attempt)
+                self.gate.penalise(READ, wait)
+
+    async def list_sessions(
+        self,
+        *,
+        created_at_gte: datetime,
+        statuses: Sequence[str] | None = None,
+        include_archived: bool = True,
+    ) -> list[Any]:
+        """Every session created since `created_at_gte`, oldest first, one paced call a page."""
+        params: dict[str, Any] = {
+            "created_at_gte": created_at_gte,
+            "include_archived": include_archived,
+            "order": "asc",
+            "limit": 100,
+        }
+        if statuses:
+            params["statuses"] = list(statuses)
+        page = await self.call(lambda: self.client.beta.sessions.list(**params))
+        found: list[Any] = list(page.data)
+        while page.has_next_page():
+            current = page
+            page = await self.call(current.get_next_page)
+            found.extend(page.data)
+        return found
+
+    async def retrieve(self, session_id: str) -> Any:
+        return await self.call(lambda: self.client.beta.sessions.retrieve(session_id))
+
+    async def delete(self, session_id: str) -> None:
+        await self.call(lambda: self.client.beta.sessions.delete(session_id))
+
+    async def interrupt(self, session_id: str) -> None:
+        await self.call(
+            lambda: self.client.beta.sessions.events.send(
+                session_id, events=[{"type": "user.interrupt"}]
+            )
+        )
+
+    async def latest_event(self, session_id: str, types: Sequence[str] = ()) -> Any | None:
+        params: dict[str, Any] = {"order": "desc", "limit": 1}
+        if types:
+            params["types"] = list(types)
+        page = await self.call(lambda: self.client.beta.sessions.events.list(session_id, **params))
+        return page.data[0] if page.data else None
+
+    async def latest_status(self, session_id: str) -> StatusEvent | None:
+        event = await self.latest_event(session_id, STATUS_EVENT_TYPES)
+        return status_event_of(event) if event is not None else None
+
+    async def snapshot(self, session: Any) -> Snapshot:
+        event = await self.latest_event(session.id)
+        return Snapshot(
+            status=str(session.status),
+            updated_at=as_utc(session.updated_at),
+            last_event_id=getattr(event, "id", None),
+        )
+
+
+def status_event_of(event: Any) -> StatusEvent | None:
+    status = STATUS_OF_EVENT.get(str(event.type))
+    processed_at = getattr(event, "processed_at", None)
+    if status is None or processed_at is None:
+        return None
+    stop = getattr(event, "stop_reason", None)
+    return StatusEvent(
+        status=status,
+        at=as_utc(processed_at),
+        stop_reason=str(stop.type) if stop is not None else None,
+    )

@@ -1,0 +1,382 @@
+"""The reaper: list sessions, judge each by policy, re-check, then interrupt, archive, delete.
+
+`plan()` lists and judges; `execute(plan)` re-reads the store's guards, re-fetches each
+candidate and acts only if nothing changed since it was chosen. `run()` is both, and is what
+cron (`idlehook reap`) and the worker's schedule call. Every action, including a dry run's and
+a skip, leaves an audit row in `reaper_actions`.
+"""
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import anthropic
+import structlog
+from anthropic import AsyncAnthropic
+from sqlalchemy.engine import Engine
+
+from sessions import metrics
+from sessions.reap_io import Gate, OpenGate, PacedCalls, Snapshot
+from sessions.reap_policy import (
+    Action,
+    Block,
+    Ownership,
+    ReapPolicy,
+    Verdict,
+    blocker,
+    choose,
+    excluded,
+    needs_archive,
+    ownership,
+    saving_per_hour,
+)
+from sessions.session_view import SessionView, as_utc, view_of
+from store import audit
+from store.models import ReaperAction, ReaperActionKind, utcnow
+
+log = structlog.get_logger(__name__)
+
+ALL_STATUSES = ("idle", "terminated", "running", "rescheduling")
+GONE = "already_gone"
+
+# Saves events.jsonl/result.json of one session, as the archive handler does.
+Archiver = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    view: SessionView
+    verdict: Verdict
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class Plan:
+    candidates: list[Candidate]
+    examined: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    session_id: str
+    action: ReaperActionKind
+    reason: str
+    dry_run: bool
+    status: str
+    saving_usd_per_hour: float = 0.0
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.action in (ReaperActionKind.FAILED, ReaperActionKind.REFUSED)
+
+
+@dataclass
+class ReapReport:
+    run_id: str
+    dry_run: bool
+    examined: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    rate_limited: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not any(o.failed for o in self.outcomes)
+
+    @property
+    def saving_usd_per_hour(self) -> float:
+        return sum(
+            o.saving_usd_per_hour for o in self.outcomes if o.action is ReaperActionKind.DELETED
+        )
+
+    def ids(self, action: ReaperActionKind) -> list[str]:
+        return [o.session_id for o in self.outcomes if o.action is action]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "dry_run": self.dry_run,
+            "examined": self.examined,
+            "ok": self.ok,
+            "saving_usd_per_hour": round(self.saving_usd_per_hour, 6),
+            "rate_limited": self.rate_limited,
+            "actions": [
+                {
+                    "session_id": o.session_id,
+                    "action": str(o.action),
+                    "reason": o.reason,
+                    "status": o.status,
+                    "saving_usd_per_hour": o.saving_usd_per_hour,
+                    "error": o.error,
+                }
+                for o in self.outcomes
+            ],
+        }
+
+
+class Reaper:
+    def __init__(
+        self,
+        client: AsyncAnthropic,
+        engine: Engine,
+        policy: ReapPolicy,
+        *,
+        gate: Gate | None = None,
+        archive: Archiver | None = None,
+        now: Callable[[], datetime] = utcnow,
+        lookback: timedelta = timedelta(days=30),
+        statuses: Sequence[str] = ALL_STATUSES,
+        interrupt_wait_seconds: float = 10.0,
+        poll_seconds: float = 0.25,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_rate_retries: int = 5,
+    ) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.calls = PacedCalls(client, gate or OpenGate(), max_rate_retries=max_rate_retries)
+        self.archive = archive
+        self.now = now
+        self.lookback = lookback
+        self.statuses = tuple(statuses)
+        self.interrupt_wait_seconds = interrupt_wait_seconds
+        self.poll_seconds = poll_seconds
+        self.sleep = sleep
+
+    async def run(self, *, dry_run: bool = False) -> ReapReport:
+        plan = await self.plan()
+        return await self.execute(plan, dry_run=dry_run)
+
+    # -- choosing ------------------------------------------------------------------------
+
+    async def plan(self) -> Plan:
+        now = self.now()
+        sessions = await self.calls.list_sessions(
+            created_at_gte=now - self.lookback, statuses=self.statuses
+        )
+        ids = [s.id for s in sessions]
+        tracked, pending = await asyncio.to_thread(self._store_facts, ids)
+        candidates: list[Candidate] = []
+        for session in sessions:
+            view = view_of(
+                session, tracked.get(session.id), pending_runs=pending.get(session.id, 0)
+            )
+            verdict = await self._judge(view, now)
+            if verdict is None:
+                continue
+            snapshot = await self.calls.snapshot(session)
+            candidates.append(Candidate(view, verdict, snapshot))
+        log.info("reaper.planned", examined=len(sessions), candidates=len(candidates))
+        return Plan(candidates, examined=len(sessions))
+
+    async def _judge(self, view: SessionView, now: datetime) -> Verdict | None:
+        # The store's stop reason may be a turn behind (or missing): for an idle session of
+        # ours, where it can decide the verdict or its reason, the event list has the truth.
+        if (
+            view.status == "idle"
+            and not excluded(view, self.policy)
+            and ownership(view, self.policy) is Ownership.OURS
+        ):
+            latest = await self.calls.latest_status(view.id)
+            if latest is not None and latest.stop_reason is not None:
+                view = replace(view, stop_reason=latest.stop_reason)
+        return choose(view, self.policy, now)
+
+    def _store_facts(self, ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, int]]:
+        return audit.tracked_sessions(self.engine, ids), audit.unfinished_runs(self.engine, ids)
+
+    # -- acting --------------------------------------------------------------------------
+
+    async def execute(self, plan: Plan, *, dry_run: bool = False) -> ReapReport:
+        report = ReapReport(run_id=uuid.uuid4().hex, dry_run=dry_run, examined=plan.examined)
+        for candidate in plan.candidates:
+            outcomes = await self._act(candidate, dry_run)
+            report.outcomes.extend(outcomes)
+            await asyncio.to_thread(self._record, report.run_id, outcomes)
+        report.rate_limited = self.calls.rate_limited
+        if not dry_run:
+            metrics.REAPER_SAVING.set(report.saving_usd_per_hour)
+        log.info(
+            "reaper.done",
+            run_id=report.run_id,
+            dry_run=dry_run,
+            examined=report.examined,
+            acted=len(report.outcomes),
+            ok=report.ok,
+            saving_usd_per_hour=round(report.saving_usd_per_hour, 4),
+        )
+        return report
+
+    async def _act(self, candidate: Candidate, dry_run: bool) -> list[Outcome]:
+        view, verdict = await self._refresh_guards(candidate.view), candidate.verdict
+        block = blocker(view, verdict, self.policy)
+        if block is not None:
+            return [self._outcome(view, ReaperActionKind.SKIPPED, block, dry_run)]
+        if dry_run:
+            return self._preview(view, verdict)
+        try:
+            session = await self.calls.retrieve(view.id)
+            if await self.calls.snapshot(session) != candidate.snapshot:
+                return [self._outcome(view, ReaperActionKind.SKIPPED, Block.CHANGED, False)]
+            if verdict.action is Action.INTERRUPT:
+                return await self._interrupt_then_delete(view, verdict)
+            return await self._archive_and_delete(view, verdict)
+        except anthropic.NotFoundError:
+            await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())
+            return [self._outcome(view, ReaperActionKind.SKIPPED, GONE, False)]
+        except Exception as exc:  # one session's trouble must not stop the run
+            return [self._failure(view, verdict.reason, exc)]
+
+    def _preview(self, view: SessionView, verdict: Verdict) -> list[Outcome]:
+        if verdict.action is Action.INTERRUPT:
+            return [self._outcome(view, ReaperActionKind.INTERRUPTED, verdict.reason, True)]
+        outcomes = []
+        if needs_archive(view, verdict, self.policy):
+            outcomes.append(self._outcome(view, ReaperActionKind.ARCHIVED, verdict.reason, True))
+        saving = saving_per_hour(view, verdict, self.policy)
+        outcomes.append(
+            self._outcome(view, ReaperActionKind.DELETED, verdict.reason, True, saving=saving)
+        )
+        return outcomes
+
+    async def _interrupt_then_delete(self, view: SessionView, verdict: Verdict) -> list[Outcome]:
+        await self.calls.interrupt(view.id)
+        outcomes = [self._outcome(view, ReaperActionKind.INTERRUPTED, verdict.reason, False)]
+        try:
+            session = await self._wait_until_resting(view.id)
+            if session is None:
+                return outcomes  # still busy: the next run deletes it once idle
+            # Now idle: the same guards as any delete, with what the store knows by now.
+            delete = Verdict(Action.DELETE, verdict.reason)
+            idle = await self._refresh_guards(
+                replace(view, status=str(session.status), updated_at=as_utc(session.updated_at))
+            )
+            block = blocker(idle, delete, self.policy)
+            if block is not None:
+                return [*outcomes, self._outcome(idle, ReaperActionKind.SKIPPED, block, False)]
+            return outcomes + await self._archive_and_delete(idle, delete)
+        except anthropic.NotFoundError:
+            await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())
+            return [*outcomes, self._outcome(view, ReaperActionKind.SKIPPED, GONE, False)]
+        except Exception as exc:  # keep the interrupt on record next to what went wrong
+            return [*outcomes, self._failure(view, verdict.reason, exc)]
+
+    async def _wait_until_resting(self, session_id: str) -> Any | None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.interrupt_wait_seconds
+        while True:
+            session = await self.calls.retrieve(session_id)
+            if session.status in ("idle", "terminated"):
+                return session
+            if loop.time() >= deadline:
+                return None
+            await self.sleep(self.poll_seconds)
+
+    async def _archive_and_delete(self, view: SessionView, verdict: Verdict) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        if needs_archive(view, verdict, self.policy):
+            if self.archive is None:
+                return [
+                    self._outcome(view, ReaperActionKind.SKIPPED, Block.RESULT_NOT_SAVED, False)
+                ]
+            try:
+                await self.archive(view.id)
+            except Exception as exc:
+                return [self._failure(view, "archive_failed", exc)]
+            outcomes.append(self._outcome(view, ReaperActionKind.ARCHIVED, verdict.reason, False))
+        try:
+            await self.calls.delete(view.id)
+        except anthropic.NotFoundError:
+            await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())
+            return [*outcomes, self._outcome(view, ReaperActionKind.SKIPPED, GONE, False)]
+        except anthropic.APIStatusError as exc:
+            if 400 <= exc.status_code < 500:
+                # The API said no (e.g. the session started running again): try next run.
+                log.warning("reaper.refused", session_id=view.id, status_code=exc.status_code)
+                outcomes.append(
+                    self._outcome(
+                        view,
+                        ReaperActionKind.REFUSED,
+                        verdict.reason,
+                        False,
+                        error=f"{exc.status_code}: {_api_message(exc)}",
+                    )
+                )
+                return outcomes
+            raise
+        await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())
+        saving = saving_per_hour(view, verdict, self.policy)
+        outcomes.append(
+            self._outcome(view, ReaperActionKind.DELETED, verdict.reason, False, saving=saving)
+        )
+        return outcomes
+
+    async def _refresh_guards(self, view: SessionView) -> SessionView:
+        """The store's side of a view, read again: handlers may have run since the plan."""
+        tracked, pending = await asyncio.to_thread(self._store_facts, [view.id])
+        row = tracked.get(view.id)
+        saved = bool(row is not None and row.result_captured_at and row.transcript_saved_at)
+        return replace(view, pending_runs=pending.get(view.id, 0), result_saved=saved)
+
+    # -- recording -----------------------------------------------------------------------
+
+    def _outcome(
+        self,
+        view: SessionView,
+        action: ReaperActionKind,
+        reason: str,
+        dry_run: bool,
+        *,
+        saving: float = 0.0,
+        error: str | None = None,
+    ) -> Outcome:
+        log.info(
+            "reaper.action",
+            session_id=view.id,
+            action=str(action),
+            reason=str(reason),
+            dry_run=dry_run,
+        )
+        return Outcome(view.id, action, str(reason), dry_run, view.status, saving, error)
+
+    def _failure(self, view: SessionView, reason: str, exc: Exception) -> Outcome:
+        log.error("reaper.failed", session_id=view.id, reason=reason, error=type(exc).__name__)
+        error = (
+            f"{exc.status_code}: {_api_message(exc)}"
+            if isinstance(exc, anthropic.APIStatusError)
+            else type(exc).__name__
+        )
+        return Outcome(view.id, ReaperActionKind.FAILED, reason, False, view.status, 0.0, error)
+
+    def _record(self, run_id: str, outcomes: Sequence[Outcome]) -> None:
+        at = self.now()
+        audit.record_actions(
+            self.engine,
+            [
+                ReaperAction(
+                    run_id=run_id,
+                    session_id=o.session_id,
+                    action=str(o.action),
+                    reason=o.reason,
+                    dry_run=o.dry_run,
+                    at=at,
+                    error=o.error,
+                    est_saving_usd_per_hour=o.saving_usd_per_hour,
+                )
+                for o in outcomes
+            ],
+        )
+        for o in outcomes:
+            if not o.dry_run:
+                metrics.REAPER_ACTIONS.labels(action=str(o.action), reason=o.reason).inc()
+
+
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:300]
+    return type(exc).__name__

@@ -1,0 +1,93 @@
+"""SessionView: one session as the reaper judges it, the API's facts joined with the store's.
+
+Built at the I/O edge (`view_of`); the policy in reap_policy.py only ever sees this.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sessions.metadata import DEADLINE_KEY, OWNER_KEY
+from store.models import TrackedSession
+
+
+@dataclass(frozen=True)
+class SessionView:
+    id: str
+    status: str  # rescheduling | running | idle | terminated, as the API says now
+    created_at: datetime
+    updated_at: datetime
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    deployment_id: str | None = None
+    archived: bool = False
+    # Of the latest session.status_idle event (or as the store last recorded it).
+    stop_reason: str | None = None
+    deadline: datetime | None = None
+    # From the store: did we launch it, is its result saved, is handler work still queued.
+    launched_by_us: bool = False
+    launched_owner: str | None = None
+    result_saved: bool = False
+    pending_runs: int = 0
+    reap_requested: bool = False
+
+    @property
+    def owner(self) -> str | None:
+        return self.metadata.get(OWNER_KEY) or self.launched_owner
+
+
+def parse_rfc3339(value: str | None) -> datetime | None:
+    """An RFC 3339 stamp as aware UTC; None for a missing or unreadable one."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def as_utc(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        parsed = parse_rfc3339(value)
+        if parsed is None:
+            raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
+        return parsed
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def view_of(
+    session: Any,
+    tracked: TrackedSession | None = None,
+    *,
+    pending_runs: int = 0,
+    stop_reason: str | None = None,
+) -> SessionView:
+    """Join an SDK session object with what the store knows about it.
+
+    `stop_reason`, when given, was read from the session's event list and wins over the
+    store's copy, which may predate the latest turn.
+    """
+    metadata: dict[str, str] = {str(k): str(v) for k, v in (session.metadata or {}).items()}
+    deadline = parse_rfc3339(metadata.get(DEADLINE_KEY))
+    if deadline is None and tracked is not None:
+        deadline = tracked.deadline
+    saved = bool(tracked is not None and tracked.result_captured_at and tracked.transcript_saved_at)
+    return SessionView(
+        id=session.id,
+        status=str(session.status),
+        created_at=as_utc(session.created_at),
+        updated_at=as_utc(session.updated_at),
+        metadata=metadata,
+        deployment_id=getattr(session, "deployment_id", None),
+        archived=getattr(session, "archived_at", None) is not None,
+        stop_reason=stop_reason or (tracked.stop_reason if tracked is not None else None),
+        deadline=deadline,
+        launched_by_us=bool(tracked is not None and tracked.launched_by_us),
+        launched_owner=tracked.owner if tracked is not None else None,
+        result_saved=saved,
+        pending_runs=pending_runs,
+        reap_requested=bool(tracked is not None and tracked.reap_requested_at is not None),
+    )

@@ -1,0 +1,188 @@
+"""What the reaper and the reconciler read and write in the store.
+
+Reaper: the facts its guards need (tracked rows, unfinished handler runs per session), its audit
+rows, and `deleted_at`. Reconciler: its cursor, and whether a transition was already delivered.
+"""
+
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from store.models import (
+    UNFINISHED_STATES,
+    Delivery,
+    HandlerRun,
+    ReaperAction,
+    ReconcileCursor,
+    Source,
+    TrackedSession,
+)
+
+_CHUNK = 500  # keeps IN (...) lists well under every driver's parameter limit
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+# -- reaper ----------------------------------------------------------------------------------
+
+
+def tracked_sessions(engine: Engine, ids: Sequence[str]) -> dict[str, TrackedSession]:
+    found: dict[str, TrackedSession] = {}
+    with Session(engine, expire_on_commit=False) as db:
+        for chunk in _chunks(list(ids)):
+            for row in db.exec(select(TrackedSession).where(col(TrackedSession.id).in_(chunk))):
+                found[row.id] = row
+    return found
+
+
+def unfinished_runs(engine: Engine, ids: Sequence[str]) -> dict[str, int]:
+    """Unfinished handler runs (pending, running, failed-and-retrying) per session lane."""
+    counts: dict[str, int] = {}
+    states = [str(s) for s in UNFINISHED_STATES]
+    with Session(engine) as db:
+        for chunk in _chunks(list(ids)):
+            query = (
+                select(HandlerRun.lane, sa.func.count())
+                .where(col(HandlerRun.lane).in_(chunk), col(HandlerRun.state).in_(states))
+                .group_by(col(HandlerRun.lane))
+            )
+            for lane, count in db.exec(query):
+                counts[lane] = int(count)
+    return counts
+
+
+def record_actions(engine: Engine, rows: Sequence[ReaperAction]) -> None:
+    if not rows:
+        return
+    with Session(engine) as db:
+        db.add_all(rows)
+        db.commit()
+
+
+def reaper_actions(engine: Engine, *, run_id: str | None = None) -> list[ReaperAction]:
+    query = select(ReaperAction).order_by(col(ReaperAction.id))
+    if run_id is not None:
+        query = query.where(ReaperAction.run_id == run_id)
+    with Session(engine) as db:
+        return list(db.exec(query))
+
+
+def mark_deleted(engine: Engine, session_id: str, at: datetime) -> None:
+    """Set `deleted_at`; a session we never tracked gets a row, so the fact is kept."""
+    with Session(engine) as db:
+        row = db.get(TrackedSession, session_id)
+        if row is None:
+            row = TrackedSession(id=session_id, first_seen_at=at, updated_at=at)
+        row.deleted_at = at
+        row.updated_at = at
+        db.add(row)
+        db.commit()
+
+
+# -- reconciler ------------------------------------------------------------------------------
+
+
+def read_cursor(engine: Engine, name: str) -> datetime | None:
+    with Session(engine) as db:
+        row = db.get(ReconcileCursor, name)
+        return row.through if row is not None else None
+
+
+def write_cursor(engine: Engine, name: str, through: datetime, swept_at: datetime) -> None:
+    with Session(engine) as db:
+        row = db.get(ReconcileCursor, name)
+        if row is None:
+            row = ReconcileCursor(name=name, through=through, swept_at=swept_at)
+        else:
+            # Never backwards: two sweeps racing must not re-open a settled window.
+            row.through = max(row.through, through)
+            row.swept_at = swept_at
+        db.add(row)
+        db.commit()
+
+
+@dataclass(frozen=True)
+class SeenDelivery:
+    event_id: str
+    event_type: str
+    source: str
+    received_at: datetime
+    event_created_at: datetime | None
+
+
+def deliveries_since(
+    engine: Engine, session_ids: Sequence[str], event_types: Collection[str], since: datetime
+) -> dict[str, list[SeenDelivery]]:
+    """Deliveries (any source) of `event_types` per session, received or created at/after `since`.
+
+    Two clocks, either will do: `event_created_at` is the API's, comparable with the transition
+    time; `received_at` is ours, and covers a webhook whose envelope carried no time.
+    """
+    found: dict[str, list[SeenDelivery]] = {}
+    with Session(engine) as db:
+        for chunk in _chunks(list(session_ids)):
+            query = select(Delivery).where(
+                col(Delivery.session_id).in_(chunk),
+                col(Delivery.event_type).in_(list(event_types)),
+                sa.or_(
+                    col(Delivery.received_at) >= since,
+                    col(Delivery.event_created_at) >= since,
+                ),
+            )
+            for d in db.exec(query):
+                assert d.session_id is not None
+                found.setdefault(d.session_id, []).append(
+                    SeenDelivery(
+                        d.event_id, d.event_type, d.source, d.received_at, d.event_created_at
+                    )
+                )
+    return found
+
+
+def transition_event_id(session_id: str, status: str, at: datetime) -> str:
+    """The reconciler's synthetic delivery id: the same transition always gives the same id.
+
+    `at` is the transition time (processed_at of the session's latest status event).
+    """
+    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    return f"rec_{session_id}_{status}_{stamp}"
+
+
+def harvested(engine: Engine, session_id: str, status: str, at: datetime) -> bool:
+    """Did the reconciler already deliver this transition (so a late webhook is a duplicate)?"""
+    return delivery_exists(engine, transition_event_id(session_id, status, at))
+
+
+def delivery_exists(engine: Engine, event_id: str) -> bool:
+    with Session(engine) as db:
+        query = select(Delivery.id).where(Delivery.event_id == event_id)
+        return db.exec(query).first() is not None
+
+
+def last_webhook_received_at(engine: Engine) -> datetime | None:
+    """When the last real (signed, from Anthropic) delivery arrived."""
+    with Session(engine) as db:
+        query = select(sa.func.max(Delivery.received_at)).where(
+            Delivery.source == str(Source.WEBHOOK)
+        )
+        value = db.exec(query).one()
+    return value if isinstance(value, datetime) else None
+
+
+def first_synthetic_after(engine: Engine, after: datetime | None) -> datetime | None:
+    """The earliest transition the reconciler had to fill in since the last real webhook."""
+    with Session(engine) as db:
+        query = select(sa.func.min(Delivery.event_created_at)).where(
+            Delivery.source == str(Source.RECONCILE)
+        )
+        if after is not None:
+            query = query.where(col(Delivery.received_at) > after)
+        value = db.exec(query).one()
+    return value if isinstance(value, datetime) else None

@@ -1,0 +1,347 @@
+"""The reaper against the emulator over loopback, with the real SDK, on SQLite and PostgreSQL."""
+
+import asyncio
+from datetime import timedelta
+
+import httpx2 as httpx
+import pytest
+from sqlmodel import Session
+
+from sessions.pacing import Pacer
+from sessions.reap_policy import ReapPolicy
+from sessions.reaper import Reaper
+from store import audit
+from store.engine import make_engine
+from store.models import ReaperActionKind, TrackedSession
+from tests.sessions.reaping import (
+    LONG_RUN,
+    OWNER,
+    emulator,
+    live_ids,
+    mark_saved,
+    new_session,
+    past,
+    pending_run,
+    refusing_transport,
+    track,
+)
+
+POLICY = ReapPolicy(owner=OWNER, exclude_metadata={"keep": "true"})
+
+
+@pytest.fixture
+def engine(db_url):
+    engine = make_engine(db_url, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def api():
+    with emulator() as api:
+        yield api
+
+
+def deleted_at(engine, session_id):
+    with Session(engine) as db:
+        row = db.get(TrackedSession, session_id)
+        return row.deleted_at if row is not None else None
+
+
+async def test_reaps_every_kind_of_orphan_and_nothing_else(api, engine):
+    async with api.client() as client:
+        handled = await new_session(api, client)
+        late = await new_session(api, client, metadata={"idlehook_deadline": past(60)})
+        terminated = await new_session(api, client, script="terminate", wait_for="terminated")
+        budget = await new_session(api, client, script="budget_reached")
+        fresh = await new_session(api, client)  # idle, inside the grace period, unsaved
+        kept = await new_session(api, client, metadata={"keep": "true"})
+        unowned = await new_session(api, client, owner=None)
+        foreign = await new_session(api, client, owner="someone-else")
+        ours_by_deployment, theirs_by_deployment = [
+            await _deployment_session(api, client, name) for name in ("ours", "theirs")
+        ]
+        for session in (handled, late, terminated, budget, kept, foreign):
+            track(engine, session.id, saved=True)
+        for session in (unowned, ours_by_deployment, theirs_by_deployment):
+            track(engine, session.id, saved=True, owner=None, launched_by_us=False)
+        track(engine, fresh.id)
+        policy = ReapPolicy(
+            owner=OWNER,
+            exclude_metadata={"keep": "true"},
+            owned_deployments=frozenset({ours_by_deployment.deployment_id}),
+        )
+
+        report = await Reaper(client, engine, policy).run()
+
+    expected = {
+        handled.id: "handled",
+        late.id: "past_deadline",
+        terminated.id: "terminated",
+        budget.id: "budget_reached",
+        ours_by_deployment.id: "handled",
+    }
+    assert report.ok
+    assert {o.session_id: o.reason for o in report.outcomes} == expected
+    assert set(report.ids(ReaperActionKind.DELETED)) == set(expected)
+    assert live_ids(api) == {fresh.id, kept.id, unowned.id, foreign.id, theirs_by_deployment.id}
+    for session_id in expected:
+        assert deleted_at(engine, session_id) is not None
+    assert deleted_at(engine, fresh.id) is None
+    rows = audit.reaper_actions(engine, run_id=report.run_id)
+    assert {(r.session_id, r.action, r.dry_run) for r in rows} == {
+        (sid, "deleted", False) for sid in expected
+    }
+    assert all(r.est_saving_usd_per_hour == pytest.approx(0.08) for r in rows)
+    assert report.saving_usd_per_hour == pytest.approx(0.08 * len(expected))
+
+
+async def _deployment_session(api, client, name):
+    deployment = await client.beta.deployments.create(
+        name=name,
+        agent=api.agent_id,
+        environment_id=api.env_id,
+        initial_events=[{"type": "user.message", "content": [{"type": "text", "text": "go"}]}],
+    )
+    run = await client.beta.deployments.run(deployment.id)
+    assert run.session_id is not None
+
+    async def idle():
+        s = await client.beta.sessions.retrieve(run.session_id)
+        return s if s.status == "idle" else None
+
+    from tests.sessions.reaping import poll
+
+    return await poll(idle)
+
+
+async def test_unowned_only_with_include_unowned_and_max_age(api, engine):
+    async with api.client() as client:
+        unowned = await new_session(api, client, owner=None)
+        for policy in (
+            ReapPolicy(owner=OWNER, max_age=timedelta(0)),  # no switch
+            ReapPolicy(owner=OWNER, include_unowned=True),  # no age
+            ReapPolicy(owner=OWNER, include_unowned=True, max_age=timedelta(days=1)),  # young
+        ):
+            report = await Reaper(client, engine, policy).run()
+            assert report.outcomes == []
+        assert unowned.id in live_ids(api)
+
+        policy = ReapPolicy(owner=OWNER, include_unowned=True, max_age=timedelta(0))
+        report = await Reaper(client, engine, policy).run()
+
+    assert report.ids(ReaperActionKind.DELETED) == [unowned.id]
+    assert report.outcomes[0].reason == "unowned_max_age"
+    assert unowned.id not in live_ids(api)
+
+
+async def test_nothing_is_deleted_before_its_result_is_saved(api, engine):
+    eager = ReapPolicy(owner=OWNER, idle_for=timedelta(0))
+    async with api.client() as client:
+        session = await new_session(api, client)
+        track(engine, session.id)
+        report = await Reaper(client, engine, eager).run()
+        assert [(o.action, o.reason) for o in report.outcomes] == [
+            (ReaperActionKind.SKIPPED, "result_not_saved")
+        ]
+        assert session.id in live_ids(api)
+
+        # Told to archive first, it saves the session itself, then deletes it.
+        archived: list[str] = []
+
+        async def archive(session_id: str) -> None:
+            archived.append(session_id)
+
+        archiving = ReapPolicy(owner=OWNER, idle_for=timedelta(0), archive_before_delete=True)
+        report = await Reaper(client, engine, archiving, archive=archive).run()
+
+    assert archived == [session.id]
+    assert [(o.action, o.reason) for o in report.outcomes] == [
+        (ReaperActionKind.ARCHIVED, "idle_past_grace"),
+        (ReaperActionKind.DELETED, "idle_past_grace"),
+    ]
+    assert session.id not in live_ids(api)
+
+
+async def test_pending_handler_runs_block_the_delete(api, engine):
+    async with api.client() as client:
+        session = await new_session(api, client)
+        track(engine, session.id, saved=True)
+        pending_run(engine, session.id)
+        report = await Reaper(client, engine, POLICY).run()
+
+    assert [(o.action, o.reason) for o in report.outcomes] == [
+        (ReaperActionKind.SKIPPED, "pending_handlers")
+    ]
+    assert session.id in live_ids(api)
+
+
+async def test_dry_run_deletes_nothing_and_audits_what_it_would_do(api, engine):
+    async with api.client() as client:
+        sessions = [await new_session(api, client) for _ in range(2)]
+        for session in sessions:
+            track(engine, session.id, saved=True)
+        before = api.requests("DELETE /v1/sessions/{id}")
+        report = await Reaper(client, engine, POLICY).run(dry_run=True)
+
+    assert api.requests("DELETE /v1/sessions/{id}") == before
+    assert {s.id for s in sessions} <= live_ids(api)
+    rows = audit.reaper_actions(engine, run_id=report.run_id)
+    assert sorted((r.session_id, r.action, r.reason, r.dry_run) for r in rows) == sorted(
+        (s.id, "deleted", "handled", True) for s in sessions
+    )
+    assert report.saving_usd_per_hour == pytest.approx(0.16)
+    assert all(deleted_at(engine, s.id) is None for s in sessions)
+
+
+async def test_a_session_changed_since_chosen_is_skipped(api, engine):
+    async with api.client() as client:
+        changed = await new_session(api, client)
+        steady = await new_session(api, client)
+        for session in (changed, steady):
+            track(engine, session.id, saved=True)
+        reaper = Reaper(client, engine, POLICY)
+        plan = await reaper.plan()
+        assert {c.view.id for c in plan.candidates} == {changed.id, steady.id}
+        await client.beta.sessions.update(changed.id, metadata={"note": "touched"})
+
+        report = await reaper.execute(plan)
+
+    by_id = {o.session_id: (o.action, o.reason) for o in report.outcomes}
+    assert by_id == {
+        changed.id: (ReaperActionKind.SKIPPED, "changed_since_chosen"),
+        steady.id: (ReaperActionKind.DELETED, "handled"),
+    }
+    assert changed.id in live_ids(api)
+
+
+async def test_refused_delete_is_recorded_failing_and_retried_next_run(api, engine):
+    async with api.client() as client:
+        refused = await new_session(api, client)
+        other = await new_session(api, client)
+    for session in (refused, other):
+        track(engine, session.id, saved=True)
+
+    transport = refusing_transport({refused.id})
+    async with api.client(http_client=httpx.AsyncClient(transport=transport)) as client:
+        report = await Reaper(client, engine, POLICY).run()
+    assert not report.ok
+    by_id = {o.session_id: o for o in report.outcomes}
+    assert by_id[refused.id].action is ReaperActionKind.REFUSED
+    assert "409" in (by_id[refused.id].error or "")
+    assert by_id[other.id].action is ReaperActionKind.DELETED
+    assert refused.id in live_ids(api)
+    assert deleted_at(engine, refused.id) is None
+    row = next(r for r in audit.reaper_actions(engine) if r.session_id == refused.id)
+    assert (row.action, row.dry_run) == ("refused", False)
+    assert "cannot be deleted" in (row.error or "")
+
+    async with api.client() as client:
+        again = await Reaper(client, engine, POLICY).run()
+    assert again.ok
+    assert again.ids(ReaperActionKind.DELETED) == [refused.id]
+    assert refused.id not in live_ids(api)
+
+
+async def test_running_past_deadline_is_interrupted_then_deleted_once_saved(api, engine):
+    async with api.client() as client:
+        session = await new_session(
+            api,
+            client,
+            run_seconds=LONG_RUN,
+            wait_for="running",
+            metadata={"idlehook_deadline": past(5)},
+        )
+        track(engine, session.id)
+        report = await Reaper(client, engine, POLICY, interrupt_wait_seconds=5).run()
+        # Interrupted, now idle, but nothing has saved its result yet: left for the next run.
+        assert [(o.action, o.reason) for o in report.outcomes] == [
+            (ReaperActionKind.INTERRUPTED, "past_deadline"),
+            (ReaperActionKind.SKIPPED, "result_not_saved"),
+        ]
+        assert (await client.beta.sessions.retrieve(session.id)).status == "idle"
+        assert session.id in live_ids(api)
+
+        mark_saved(engine, session.id)  # what the archive handler does on the idle webhook
+        again = await Reaper(client, engine, POLICY).run()
+
+    assert [(o.action, o.reason) for o in again.outcomes] == [
+        (ReaperActionKind.DELETED, "past_deadline")
+    ]
+    assert session.id not in live_ids(api)
+
+
+async def test_interrupt_and_delete_in_one_run_when_it_idles_in_time(api, engine):
+    async with api.client() as client:
+        session = await new_session(
+            api,
+            client,
+            run_seconds=LONG_RUN,
+            wait_for="running",
+            metadata={"idlehook_deadline": past(5)},
+        )
+        track(engine, session.id, saved=True)
+        report = await Reaper(client, engine, POLICY, interrupt_wait_seconds=5).run()
+
+    assert [o.action for o in report.outcomes] == [
+        ReaperActionKind.INTERRUPTED,
+        ReaperActionKind.DELETED,
+    ]
+    assert session.id not in live_ids(api)
+
+
+def test_pacing_keeps_deletes_under_the_rate_limit(sqlite_url):
+    engine = make_engine(sqlite_url, pool_size=2)
+    # Speed 60: the emulator's "minute" is one real second, so 20 reads/min is 20 per second.
+    try:
+        with emulator(speed=60.0, rate_limits={"read_per_minute": 20}) as api:
+            asyncio.run(_paced_then_unpaced(api, engine))
+    finally:
+        engine.dispose()
+
+
+async def _paced_then_unpaced(api, engine):
+    async with api.client(max_retries=20) as client:  # setup only: let the SDK wait out 429s
+        sessions = [await new_session(api, client) for _ in range(4)]
+    for session in sessions:
+        track(engine, session.id, saved=True)
+    api.emu.limiter.reset()
+    api.emu.rate_limited.clear()
+
+    async with api.client() as client:
+        pacer = Pacer(engine, rpm={"create": 60, "read": 600})  # 10 per second: half the limit
+        report = await Reaper(client, engine, POLICY, gate=pacer).run()
+
+    assert sum(api.emu.rate_limited.values()) == 0
+    assert report.rate_limited == 0
+    assert set(report.ids(ReaperActionKind.DELETED)) == {s.id for s in sessions}
+
+    # Without the gate the same work bursts past a (now tighter) limit; the 429s are honoured
+    # (retry-after) and retried, and everything is still deleted.
+    async with api.client(max_retries=20) as client:
+        more = [await new_session(api, client) for _ in range(2)]
+    for session in more:
+        track(engine, session.id, saved=True)
+    api.emu.apply_config({"rate_limits": {"read_per_minute": 3}})
+    api.emu.limiter.reset()
+    async with api.client() as client:
+        unpaced = await Reaper(client, engine, POLICY, max_rate_retries=50).run()
+    assert unpaced.rate_limited > 0
+    assert unpaced.ok
+    assert set(unpaced.ids(ReaperActionKind.DELETED)) == {s.id for s in more}
+
+
+async def test_a_server_error_is_a_failure_not_a_refusal(api, sqlite_url):
+    engine = make_engine(sqlite_url, pool_size=1)
+    async with api.client() as client:
+        session = await new_session(api, client)
+    track(engine, session.id, saved=True)
+    transport = refusing_transport({session.id}, status=500)
+    async with api.client(http_client=httpx.AsyncClient(transport=transport)) as client:
+        report = await Reaper(client, engine, POLICY).run()
+    assert not report.ok
+    assert [(o.action, o.reason) for o in report.outcomes] == [(ReaperActionKind.FAILED, "handled")]
+    assert "500" in (report.outcomes[0].error or "")
+    assert [r.action for r in audit.reaper_actions(engine)] == ["failed"]
+    assert session.id in live_ids(api)
+    engine.dispose()
