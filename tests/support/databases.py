@@ -52,8 +52,8 @@ class PostgresFactory:
             engine.dispose()
 
     def _url_for(self, name: str) -> str:
-        return sa.engine.make_url(self.base).set(database=name).render_as_string(
-            hide_password=False
+        return (
+            sa.engine.make_url(self.base).set(database=name).render_as_string(hide_password=False)
         )
 
     def _exec(self, sql: str) -> None:
