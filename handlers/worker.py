@@ -25,6 +25,7 @@ from handlers.retry import PermanentError, next_attempt
 from handlers.routing import route_delivery
 from idlehook.logs import redact_secrets
 from idlehook.settings import Settings
+from sessions.reconciler import late_duplicate
 from store.models import RunState, utcnow
 from store.runs import ROUTE_HANDLER, ClaimedRun, DeliveryView, RunStore
 from store.sessions import SessionStore, SessionUpdate
@@ -203,6 +204,20 @@ class Worker:
 
     async def _route(self, run: ClaimedRun, bound: Any) -> list[str]:
         delivery = await asyncio.to_thread(self.store.delivery, run.delivery_id)
+        if await late_duplicate(
+            self.client,
+            self.store.engine,
+            session_id=delivery.session_id,
+            event_type=delivery.event_type,
+            event_id=delivery.event_id,
+            source=delivery.source,
+        ):
+            # The reconciler already delivered this transition; the handlers saw it then.
+            metrics.NOTIFICATIONS.labels(
+                event_type=delivery.event_type, decision="late_duplicate"
+            ).inc()
+            bound.info("notification.late_duplicate", event_id=delivery.event_id)
+            return []
         outcome = await route_delivery(delivery, self.settings.routes, self.client, self.now())
         if outcome.update is not None and delivery.session_id is not None:
             await asyncio.to_thread(

@@ -251,6 +251,10 @@ async def late_duplicate(
     """
     if session_id is None or source != str(Source.WEBHOOK) or event_type not in ALL_MATCHING:
         return False
+    # Only a session the reconciler ever filled in can have a late twin: ask the store before
+    # spending an API call, so the common path costs one indexed lookup.
+    if not await asyncio.to_thread(audit.has_reconciled_delivery, engine, session_id):
+        return False
     try:
         latest = await PacedCalls(client, gate or OpenGate()).latest_status(session_id)
     except anthropic.NotFoundError:

@@ -160,6 +160,14 @@ def harvested(engine: Engine, session_id: str, status: str, at: datetime) -> boo
     return delivery_exists(engine, transition_event_id(session_id, status, at))
 
 
+def has_reconciled_delivery(engine: Engine, session_id: str) -> bool:
+    with Session(engine) as db:
+        query = select(Delivery.id).where(
+            Delivery.session_id == session_id, Delivery.source == str(Source.RECONCILE)
+        )
+        return db.exec(query.limit(1)).first() is not None
+
+
 def delivery_exists(engine: Engine, event_id: str) -> bool:
     with Session(engine) as db:
         query = select(Delivery.id).where(Delivery.event_id == event_id)
