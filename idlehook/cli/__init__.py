@@ -11,10 +11,12 @@ from collections.abc import Sequence
 
 # Command-group modules, in the order `idlehook --help` lists them.
 GROUPS = [
-    "idlehook.cli.emulator",
-    "idlehook.cli.reap",
-    "idlehook.cli.sessions",
+    "idlehook.cli.demo",
+    "idlehook.cli.serve",
     "idlehook.cli.worker",
+    "idlehook.cli.sessions",
+    "idlehook.cli.reap",
+    "idlehook.cli.emulator",
 ]
 
 

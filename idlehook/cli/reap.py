@@ -12,30 +12,19 @@ silence alarm is on (reconcile).
 import argparse
 import asyncio
 import json
-from collections.abc import Callable
-from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import structlog
-from anthropic import AsyncAnthropic
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from handlers.api import HandlerContext, Notification
-from handlers.builtin.archive import ArchiveHandler
-from handlers.result import SessionResult
-from idlehook.logs import configure_logging
+from idlehook import wiring
 from idlehook.settings import Settings
-from sessions.durations import DurationError, parse_duration
-from sessions.pacing import Pacer
+from sessions.durations import DurationError
 from sessions.reap_policy import ReapPolicy
-from sessions.reaper import Archiver, Reaper, ReapReport
-from sessions.reconciler import Reconciler, SweepReport
-from store.engine import make_engine
-from store.models import ReaperActionKind, utcnow
-from store.sessions import SessionStore
+from sessions.reaper import ReapReport
+from sessions.reconciler import SweepReport
+from store.models import ReaperActionKind
 
 
 def register(subparsers: Any) -> None:
@@ -56,135 +45,14 @@ def register(subparsers: Any) -> None:
     reconcile.set_defaults(func=run_reconcile)
 
 
-# -- building (the lead's wiring.py may take these over) -----------------------------------
-
-
-def policy_from_settings(
-    settings: Settings,
-    *,
-    idle_for: str | None = None,
-    max_age: str | None = None,
-    include_unowned: bool = False,
-) -> ReapPolicy:
-    cfg = settings.reaper
-    age = max_age or cfg.max_age
-    return ReapPolicy(
-        owner=settings.owner,
-        idle_for=parse_duration(idle_for or cfg.idle_for),
-        include_unowned=include_unowned or cfg.include_unowned,
-        max_age=parse_duration(age) if age else None,
-        owned_deployments=frozenset(cfg.owned_deployments),
-        exclude_metadata=dict(cfg.exclude_metadata),
-        archive_before_delete=cfg.archive_before_delete,
-        container_usd_per_hour=cfg.container_usd_per_hour,
-    )
-
-
-def client_from_settings(settings: Settings) -> AsyncAnthropic:
-    return AsyncAnthropic(api_key=settings.api_key.get_secret_value(), base_url=settings.base_url)
-
-
-def pacer_from_settings(settings: Settings, engine: Engine) -> Pacer:
-    return Pacer(engine, rpm={"create": settings.create_rpm, "read": settings.read_rpm})
-
-
-def archiver(
-    settings: Settings,
-    engine: Engine,
-    client: AsyncAnthropic,
-    now: Callable[[], datetime] = utcnow,
-) -> Archiver:
-    """The archive plugin's own code, run by the reaper on a session nothing has saved yet."""
-    sessions = SessionStore(engine)
-    handler = ArchiveHandler(settings.results_dir)
-    log = structlog.get_logger("idlehook.reaper.archive")
-
-    async def mark(
-        session_id: str,
-        *,
-        result_captured: bool = False,
-        transcript_saved: bool = False,
-        deleted: bool = False,
-        result: SessionResult | None = None,
-    ) -> None:
-        await asyncio.to_thread(
-            sessions.mark,
-            session_id,
-            now(),
-            result_captured=result_captured,
-            transcript_saved=transcript_saved,
-            deleted=deleted,
-        )
-
-    async def archive(session_id: str) -> None:
-        notification = Notification(
-            delivery_id=0,
-            event_id=f"reaper_{session_id}",
-            event_type="session.status_idled",
-            resource_id=session_id,
-            session_id=session_id,
-            source="reaper",
-            received_at=now(),
-        )
-        ctx = HandlerContext(
-            event=notification,
-            client=client,
-            log=log.bind(session_id=session_id),
-            now=now,
-            settings=settings,
-            handler=handler.name,
-            mark=mark,
-        )
-        await handler.handle(ctx)
-
-    return archive
-
-
-def build_reaper(
-    settings: Settings,
-    engine: Engine,
-    client: AsyncAnthropic,
-    policy: ReapPolicy,
-    archive: Archiver | None = None,
-) -> Reaper:
-    return Reaper(
-        client,
-        engine,
-        policy,
-        gate=pacer_from_settings(settings, engine),
-        archive=archive,
-        lookback=parse_duration(settings.reaper.lookback),
-        interrupt_wait_seconds=settings.reaper.interrupt_wait_seconds,
-    )
-
-
-def build_reconciler(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Reconciler:
-    cfg = settings.reconcile
-    return Reconciler(
-        client,
-        engine,
-        gate=pacer_from_settings(settings, engine),
-        lookback=parse_duration(cfg.lookback),
-        settle=timedelta(seconds=cfg.settle_seconds),
-        silence_alarm=timedelta(seconds=cfg.silence_alarm_seconds),
-    )
-
-
 # -- commands --------------------------------------------------------------------------------
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.load(config=Path(args.config) if args.config else None)
-    if not structlog.is_configured():  # configure once per process: main() may have already
-        configure_logging(json=args.log_json if args.log_json else settings.json_logs)
-    return settings
 
 
 def run_reap(args: argparse.Namespace) -> int:
     console = Console()
-    settings = _settings(args)
+    settings = wiring.settings_from_args(args)
     try:
-        policy = policy_from_settings(
+        policy = wiring.reap_policy(
             settings,
             idle_for=args.idle_for,
             max_age=args.max_age,
@@ -193,7 +61,7 @@ def run_reap(args: argparse.Namespace) -> int:
     except DurationError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
-    engine = make_engine(settings.database_url)
+    engine = wiring.open_engine(settings)
     try:
         report = asyncio.run(_reap(settings, engine, policy, args.dry_run))
     finally:
@@ -213,9 +81,11 @@ def exit_code(report: ReapReport) -> int:
 async def _reap(
     settings: Settings, engine: Engine, policy: ReapPolicy, dry_run: bool
 ) -> ReapReport:
-    async with client_from_settings(settings) as client:
-        archive = archiver(settings, engine, client) if policy.archive_before_delete else None
-        reaper = build_reaper(settings, engine, client, policy, archive)
+    async with wiring.api_client(settings) as client:
+        archive = (
+            wiring.archiver(settings, engine, client) if policy.archive_before_delete else None
+        )
+        reaper = wiring.reaper(settings, engine, client, policy, archive)
         return await reaper.run(dry_run=dry_run)
 
 
@@ -254,8 +124,8 @@ def render_reap(console: Console, report: ReapReport) -> None:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    engine = make_engine(settings.database_url)
+    settings = wiring.settings_from_args(args)
+    engine = wiring.open_engine(settings)
     try:
         report = asyncio.run(_reconcile(settings, engine))
     finally:
@@ -268,8 +138,8 @@ def run_reconcile(args: argparse.Namespace) -> int:
 
 
 async def _reconcile(settings: Settings, engine: Engine) -> SweepReport:
-    async with client_from_settings(settings) as client:
-        return await build_reconciler(settings, engine, client).sweep()
+    async with wiring.api_client(settings) as client:
+        return await wiring.reconciler(settings, engine, client).sweep()
 
 
 def render_reconcile(console: Console, report: SweepReport) -> None:

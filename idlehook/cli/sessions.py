@@ -19,12 +19,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from anthropic import AsyncAnthropic
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from idlehook.logs import configure_logging
+from idlehook import wiring
 from idlehook.settings import Settings
 from sessions.durations import format_duration
 from sessions.launcher import (
@@ -36,8 +35,6 @@ from sessions.launcher import (
     describe_tracked,
 )
 from sessions.metadata import MetadataError, parse_pairs
-from sessions.pacing import Pacer
-from store.engine import make_engine, migrate
 from store.launches import LaunchStore
 from store.models import LaunchState, utcnow
 
@@ -90,31 +87,6 @@ def register(subparsers: Any) -> None:
     launches.add_argument("--limit", type=int, default=50)
     launches.add_argument("--json", action="store_true")
     launches.set_defaults(func=run_launches)
-
-
-# -- building (the lead's wiring.py may take these over) ------------------------------------
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.load(config=Path(args.config) if getattr(args, "config", None) else None)
-    log_json = getattr(args, "log_json", None)
-    # Uncached: a one-shot command, and tests run many of them in one process.
-    configure_logging(json=log_json if log_json else settings.json_logs, cache=False)
-    return settings
-
-
-def _engine(settings: Settings) -> Engine:
-    engine = make_engine(settings.database_url, pool_size=4)
-    migrate(engine)
-    return engine
-
-
-def build_launcher(settings: Settings, engine: Engine) -> Launcher:
-    client = AsyncAnthropic(
-        api_key=settings.api_key.get_secret_value(), base_url=settings.base_url, max_retries=0
-    )
-    pacer = Pacer(engine, rpm={"create": settings.create_rpm, "read": settings.read_rpm})
-    return Launcher(engine, client, pacer, owner=settings.owner, strict=settings.strict)
 
 
 def _fail(message: str) -> int:
@@ -173,7 +145,15 @@ def _read_batch(path: Path, strict: bool) -> list[LaunchRequest]:
     return requests
 
 
-async def _start(args: argparse.Namespace, launcher: Launcher) -> list[LaunchResult]:
+async def _start(
+    args: argparse.Namespace, settings: Settings, engine: Engine
+) -> list[LaunchResult]:
+    # Launch retries go through the durable queue, never the SDK: it sends no idempotency key.
+    async with wiring.api_client(settings, max_retries=0) as client:
+        return await _launch(args, wiring.launcher(settings, engine, client))
+
+
+async def _launch(args: argparse.Namespace, launcher: Launcher) -> list[LaunchResult]:
     if args.batch:
         return await launcher.enqueue_many(_read_batch(Path(args.batch), args.strict))
     files = []
@@ -186,14 +166,12 @@ async def _start(args: argparse.Namespace, launcher: Launcher) -> list[LaunchRes
 
 
 def run_start(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    engine = _engine(settings)
+    settings = wiring.settings_from_args(args)
+    engine = wiring.open_engine(settings, pool_size=4)
     try:
-        launcher = build_launcher(settings, engine)
-        try:
-            results = asyncio.run(_start(args, launcher))
-        except LaunchError as exc:
-            return _fail(str(exc))
+        results = asyncio.run(_start(args, settings, engine))
+    except LaunchError as exc:
+        return _fail(str(exc))
     finally:
         engine.dispose()
     for result in results:
@@ -218,8 +196,8 @@ def run_start(args: argparse.Namespace) -> int:
 
 
 def run_sessions(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    engine = _engine(settings)
+    settings = wiring.settings_from_args(args)
+    engine = wiring.open_engine(settings, pool_size=4)
     try:
         rows = LaunchStore(engine).tracked(limit=args.limit, include_deleted=args.all)
     finally:
@@ -257,8 +235,8 @@ def format_duration_s(seconds: float | None) -> str:
 
 
 def run_launches(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    engine = _engine(settings)
+    settings = wiring.settings_from_args(args)
+    engine = wiring.open_engine(settings, pool_size=4)
     try:
         store = LaunchStore(engine)
         rows = store.recent(args.state, limit=args.limit)

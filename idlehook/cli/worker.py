@@ -10,19 +10,14 @@ import asyncio
 import json
 import signal
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
-from anthropic import AsyncAnthropic
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from handlers.registry import Registry
-from handlers.worker import Worker
-from idlehook.logs import configure_logging
+from idlehook import wiring
 from idlehook.settings import Settings
-from store.engine import make_engine, migrate
 from store.models import utcnow
 from store.runs import QueueStatus, RunStore
 
@@ -47,37 +42,15 @@ def register(subparsers: Any) -> None:
     status.set_defaults(func=run_status)
 
 
-# -- building (the lead's wiring.py may take these over) ------------------------------------------
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings.load(config=Path(args.config) if getattr(args, "config", None) else None)
-    log_json = getattr(args, "log_json", None)
-    configure_logging(json=log_json if log_json else settings.json_logs)
-    return settings
-
-
-def _engine(settings: Settings) -> Engine:
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    return engine
-
-
-def build_worker(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Worker:
-    """The plugins the routes name, and only those, from the `idlehook.handlers` entry points."""
-    wanted = {name for rule in settings.routes for name in rule.handlers}
-    return Worker(RunStore(engine), Registry.discover(allow=wanted), client, settings)
-
-
 # -- commands --------------------------------------------------------------------------------
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = wiring.settings_from_args(args)
     if args.concurrency is not None:
         worker_settings = settings.worker.model_copy(update={"concurrency": args.concurrency})
         settings = settings.model_copy(update={"worker": worker_settings})
-    engine = _engine(settings)
+    engine = wiring.open_engine(settings)
     try:
         asyncio.run(_work(settings, engine, drain=args.drain))
     finally:
@@ -86,10 +59,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 async def _work(settings: Settings, engine: Engine, drain: bool) -> None:
-    async with AsyncAnthropic(
-        api_key=settings.api_key.get_secret_value(), base_url=settings.base_url
-    ) as client:
-        worker = build_worker(settings, engine, client)
+    async with wiring.api_client(settings) as client:
+        worker = wiring.worker(settings, engine, client)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Graceful: stop claiming, let in-flight runs finish (their leases cover a crash).
@@ -102,8 +73,8 @@ async def _work(settings: Settings, engine: Engine, drain: bool) -> None:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    engine = _engine(settings)
+    settings = wiring.settings_from_args(args)
+    engine = wiring.open_engine(settings)
     try:
         ids = RunStore(engine).replay(
             utcnow(), ids=args.ids, handler=args.handler, session_id=args.session
@@ -121,8 +92,8 @@ def status_dict(status: QueueStatus) -> dict[str, Any]:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    engine = _engine(settings)
+    settings = wiring.settings_from_args(args)
+    engine = wiring.open_engine(settings)
     try:
         status = RunStore(engine).status(dead_limit=args.dead)
     finally:

@@ -10,8 +10,8 @@ import pytest
 import structlog
 from sqlmodel import Session
 
+from idlehook import wiring
 from idlehook.cli import main
-from idlehook.cli.reap import archiver, policy_from_settings
 from idlehook.settings import Settings
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Reaper, ReapReport
@@ -105,12 +105,12 @@ def test_reap_dry_run_then_real_run(tmp_path, sqlite_url, capsys):
     engine.dispose()
 
 
-def test_policy_from_settings_and_flags():
+def test_reap_policy_from_settings_and_flags():
     settings = Settings(
         owner="me",
         reaper={"idle_for": "1h", "owned_deployments": ["depl_1"], "max_age": "2d"},
     )
-    policy = policy_from_settings(settings, idle_for="0s", include_unowned=True)
+    policy = wiring.reap_policy(settings, idle_for="0s", include_unowned=True)
     assert policy == ReapPolicy(
         owner="me",
         idle_for=timedelta(0),
@@ -143,7 +143,7 @@ def test_archive_before_delete_uses_the_archive_plugin(tmp_path, sqlite_url):
 
         async def reap() -> ReapReport:
             async with api.client() as client:
-                archive = archiver(settings, engine, client)
+                archive = wiring.archiver(settings, engine, client)
                 return await Reaper(client, engine, policy, archive=archive).run()
 
         report = asyncio.run(reap())

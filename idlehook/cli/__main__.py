@@ -1,0 +1,5 @@
+import sys
+
+from idlehook.cli import main
+
+sys.exit(main())

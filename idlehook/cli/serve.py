@@ -1,0 +1,58 @@
+"""`idlehook serve` (receiver, plus worker and sweeps unless --no-worker) and `idlehook db`."""
+
+import argparse
+from typing import Any
+
+import uvicorn
+
+from idlehook import wiring
+from store.engine import make_engine, migrate
+
+
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="receive signed webhooks; run the worker and sweeps in-process"
+    )
+    serve.add_argument("--host", default=None, help="bind address (default from config)")
+    serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="receiver only: run workers elsewhere with `idlehook worker` (scale-out)",
+    )
+    serve.set_defaults(func=run_serve)
+
+    db = subparsers.add_parser("db", help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", metavar="COMMAND", required=True)
+    db_commands.add_parser("migrate", help="bring the schema up to date").set_defaults(
+        func=run_migrate
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    settings = wiring.settings_from_args(args)
+    svc = wiring.service(settings, run_worker=not args.no_worker)
+    try:
+        uvicorn.run(
+            svc.app,
+            host=args.host or settings.host,
+            port=args.port or settings.port,
+            log_level="warning",  # structlog speaks for the app; uvicorn only for itself
+            access_log=False,
+            # Anthropic keeps connections open between retries; don't drop them mid-wait.
+            timeout_keep_alive=75,
+        )
+    finally:
+        svc.engine.dispose()
+    return 0
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    settings = wiring.settings_from_args(args)
+    engine = make_engine(settings.database_url, pool_size=1)
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    print("schema is up to date")
+    return 0

@@ -1,0 +1,291 @@
+"""Settings -> the real things: engine, API client, pacer, inbox, worker, launcher, reaper,
+reconciler, app.
+
+The only place that builds them; commands, the demo and tests of the whole service call these.
+"""
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from anthropic import AsyncAnthropic
+from sqlalchemy.engine import Engine
+
+from handlers.api import HandlerContext, Notification
+from handlers.builtin.archive import ArchiveHandler
+from handlers.registry import Registry
+from handlers.result import SessionResult
+from handlers.worker import Worker
+from idlehook.logs import configure_logging
+from idlehook.settings import Settings
+from receiver.app import ReceiverApp, create_app
+from receiver.config import ReceiverConfig
+from receiver.sessions_api import sessions_routes
+from sessions.durations import parse_duration
+from sessions.launch_queue import LaunchDrainer
+from sessions.launcher import Launcher
+from sessions.pacing import Pacer
+from sessions.reap_policy import ReapPolicy
+from sessions.reaper import Archiver, Reaper
+from sessions.reconciler import Reconciler
+from sessions.watchdog import Watchdog
+from store.engine import make_engine, migrate
+from store.inbox import Inbox
+from store.models import utcnow
+from store.runs import RunStore
+from store.sessions import SessionStore
+
+log = structlog.get_logger(__name__)
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
+    """Settings for a command, and logging configured to match them."""
+    config = getattr(args, "config", None)
+    settings = Settings.load(config=Path(config) if config else None, **overrides)
+    if not structlog.is_configured():  # once per process: tests run many commands in one
+        log_json = getattr(args, "log_json", None)
+        # Uncached: loggers first used here must still follow a later reconfiguration (tests).
+        configure_logging(json=True if log_json else settings.json_logs, cache=False)
+    return settings
+
+
+def open_engine(settings: Settings, *, pool_size: int = 10) -> Engine:
+    """The engine, with the schema brought up to date (idempotent)."""
+    engine = make_engine(settings.database_url, pool_size=pool_size)
+    migrate(engine)
+    return engine
+
+
+def api_client(settings: Settings, *, max_retries: int = 2) -> AsyncAnthropic:
+    return AsyncAnthropic(
+        api_key=settings.api_key.get_secret_value() or "unset",
+        base_url=settings.base_url,
+        max_retries=max_retries,
+    )
+
+
+def pacer(settings: Settings, engine: Engine) -> Pacer:
+    return Pacer(engine, rpm={"create": settings.create_rpm, "read": settings.read_rpm})
+
+
+def worker(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Worker:
+    """The plugins the routes name, and only those, from the `idlehook.handlers` entry points."""
+    wanted = {name for rule in settings.routes for name in rule.handlers}
+    return Worker(RunStore(engine), Registry.discover(allow=wanted), client, settings)
+
+
+def launcher(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Launcher:
+    # Launch retries go through the durable queue, never the SDK: it sends no idempotency key.
+    return Launcher(
+        engine,
+        client.with_options(max_retries=0),
+        pacer(settings, engine),
+        owner=settings.owner,
+        strict=settings.strict,
+    )
+
+
+def reap_policy(
+    settings: Settings,
+    *,
+    idle_for: str | None = None,
+    max_age: str | None = None,
+    include_unowned: bool = False,
+) -> ReapPolicy:
+    """The `[reaper]` policy, with a command's flags over it. Raises DurationError on bad flags."""
+    cfg = settings.reaper
+    age = max_age or cfg.max_age
+    return ReapPolicy(
+        owner=settings.owner,
+        idle_for=parse_duration(idle_for or cfg.idle_for),
+        include_unowned=include_unowned or cfg.include_unowned,
+        max_age=parse_duration(age) if age else None,
+        owned_deployments=frozenset(cfg.owned_deployments),
+        exclude_metadata=dict(cfg.exclude_metadata),
+        archive_before_delete=cfg.archive_before_delete,
+        container_usd_per_hour=cfg.container_usd_per_hour,
+    )
+
+
+def archiver(
+    settings: Settings,
+    engine: Engine,
+    client: AsyncAnthropic,
+    now: Callable[[], datetime] = utcnow,
+) -> Archiver:
+    """The archive plugin's own code, run by the reaper on a session nothing has saved yet."""
+    sessions = SessionStore(engine)
+    handler = ArchiveHandler(settings.results_dir)
+    archive_log = structlog.get_logger("idlehook.reaper.archive")
+
+    async def mark(
+        session_id: str,
+        *,
+        result_captured: bool = False,
+        transcript_saved: bool = False,
+        deleted: bool = False,
+        result: SessionResult | None = None,
+    ) -> None:
+        await asyncio.to_thread(
+            sessions.mark,
+            session_id,
+            now(),
+            result_captured=result_captured,
+            transcript_saved=transcript_saved,
+            deleted=deleted,
+        )
+
+    async def archive(session_id: str) -> None:
+        notification = Notification(
+            delivery_id=0,
+            event_id=f"reaper_{session_id}",
+            event_type="session.status_idled",
+            resource_id=session_id,
+            session_id=session_id,
+            source="reaper",
+            received_at=now(),
+        )
+        ctx = HandlerContext(
+            event=notification,
+            client=client,
+            log=archive_log.bind(session_id=session_id),
+            now=now,
+            settings=settings,
+            handler=handler.name,
+            mark=mark,
+        )
+        await handler.handle(ctx)
+
+    return archive
+
+
+def reaper(
+    settings: Settings,
+    engine: Engine,
+    client: AsyncAnthropic,
+    policy: ReapPolicy,
+    archive: Archiver | None = None,
+) -> Reaper:
+    return Reaper(
+        client,
+        engine,
+        policy,
+        gate=pacer(settings, engine),
+        archive=archive,
+        lookback=parse_duration(settings.reaper.lookback),
+        interrupt_wait_seconds=settings.reaper.interrupt_wait_seconds,
+    )
+
+
+def reconciler(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Reconciler:
+    cfg = settings.reconcile
+    return Reconciler(
+        client,
+        engine,
+        gate=pacer(settings, engine),
+        lookback=parse_duration(cfg.lookback),
+        settle=timedelta(seconds=cfg.settle_seconds),
+        silence_alarm=timedelta(seconds=cfg.silence_alarm_seconds),
+    )
+
+
+@dataclass
+class Periodic:
+    """A sweep run every `every` seconds until stopped; a failing sweep is logged, not fatal."""
+
+    name: str
+    every: float
+    sweep: Callable[[], Awaitable[Any]]
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                await self.sweep()
+            except Exception as exc:  # a sweep must not take the service down
+                log.warning("periodic.failed", task=self.name, error=repr(exc)[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=self.every)
+
+
+@dataclass
+class Service:
+    """Everything `idlehook serve` runs in one process."""
+
+    settings: Settings
+    engine: Engine
+    client: AsyncAnthropic
+    inbox: Inbox
+    app: ReceiverApp
+    worker: Worker | None
+    drainer: LaunchDrainer | None
+    periodic: list[Periodic]
+
+
+def service(
+    settings: Settings,
+    *,
+    run_worker: bool = True,
+    engine: Engine | None = None,
+    client: AsyncAnthropic | None = None,
+) -> Service:
+    """The receiver app with, unless `run_worker` is off, the worker and sweeps in its lifespan."""
+    engine = engine or open_engine(settings)
+    client = client or api_client(settings)
+    inbox = Inbox(engine)
+    the_launcher = launcher(settings, engine, client)
+    the_worker = worker(settings, engine, client) if run_worker else None
+    drainer = LaunchDrainer(the_launcher) if run_worker else None
+    periodic: list[Periodic] = []
+    if run_worker:
+        watchdog = Watchdog(engine, client, pacer(settings, engine))
+        periodic.append(Periodic("watchdog", settings.watchdog_seconds, watchdog.sweep))
+        periodic.extend(_sweeps(settings, engine, client))
+
+    @contextlib.asynccontextmanager
+    async def background(_: ReceiverApp) -> AsyncIterator[None]:
+        tasks: list[asyncio.Task[Any]] = []
+        if the_worker is not None:
+            tasks.append(asyncio.create_task(the_worker.run()))
+        if drainer is not None:
+            tasks.append(asyncio.create_task(drainer.run()))
+        tasks.extend(asyncio.create_task(p.run()) for p in periodic)
+        try:
+            yield
+        finally:
+            if the_worker is not None:
+                the_worker.stop()
+            if drainer is not None:
+                drainer.stopping.set()
+            for p in periodic:
+                p.stopping.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = create_app(
+        ReceiverConfig.from_settings(settings),
+        inbox,
+        routes=sessions_routes(the_launcher, settings.api_token),
+        lifespan=background,
+        on_new=the_worker.wake if the_worker is not None else None,
+    )
+    return Service(settings, engine, client, inbox, app, the_worker, drainer, periodic)
+
+
+def _sweeps(settings: Settings, engine: Engine, client: AsyncAnthropic) -> list[Periodic]:
+    """The reconciler and, when scheduled in config, the reaper."""
+    the_reconciler = reconciler(settings, engine, client)
+    sweeps = [Periodic("reconcile", settings.reconcile.interval_seconds, the_reconciler.sweep)]
+    every = settings.reaper.interval_seconds
+    if every is not None:
+        archive = (
+            archiver(settings, engine, client) if settings.reaper.archive_before_delete else None
+        )
+        the_reaper = reaper(settings, engine, client, reap_policy(settings), archive)
+        sweeps.append(Periodic("reap", every, lambda: the_reaper.run()))
+    return sweeps
