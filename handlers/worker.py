@@ -18,8 +18,9 @@ import structlog
 from anthropic import AsyncAnthropic
 
 from handlers import metrics
-from handlers.api import HandlerContext, Notification, PriorRun, SessionResult
+from handlers.api import HandlerContext, Notification, PriorRun
 from handlers.events import is_known
+from handlers.marking import session_marker
 from handlers.registry import Registry
 from handlers.retry import PermanentError, next_attempt
 from handlers.routing import route_delivery
@@ -28,7 +29,7 @@ from idlehook.settings import Settings
 from sessions.reconciler import late_duplicate
 from store.models import RunState, utcnow
 from store.runs import ROUTE_HANDLER, ClaimedRun, DeliveryView, RunStore
-from store.sessions import SessionStore, SessionUpdate
+from store.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
 
@@ -78,6 +79,7 @@ class Worker:
         self.settings = settings
         self.now = now
         self.worker_id = worker_id or default_worker_id()
+        self._mark = session_marker(self.sessions, now)
         self.lease = timedelta(seconds=settings.worker.lease_seconds)
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -261,40 +263,6 @@ class Worker:
             mark=self._mark,
         )
         await handler.handle(ctx)
-
-    async def _mark(
-        self,
-        session_id: str,
-        *,
-        result_captured: bool = False,
-        transcript_saved: bool = False,
-        deleted: bool = False,
-        result: SessionResult | None = None,
-    ) -> None:
-        now = self.now()
-        extra: dict[str, Any] = {}
-        if result_captured:
-            extra["result_captured_at"] = now
-        if transcript_saved:
-            extra["transcript_saved_at"] = now
-        if deleted:
-            extra["deleted_at"] = now
-        update = SessionUpdate(extra=extra)
-        if result is not None:
-            update = SessionUpdate(
-                status=result.status,
-                stop_reason=result.stop_reason,
-                agent_id=result.agent_id,
-                agent_version=result.agent_version,
-                deployment_id=result.deployment_id,
-                title=result.title,
-                metadata=result.metadata,
-                created_at=result.created_at,
-                active_seconds=result.active_seconds,
-                cost_usd=result.cost_usd,
-                extra=extra,
-            )
-        await asyncio.to_thread(self.sessions.record, session_id, update, now)
 
     async def _failed(self, run: ClaimedRun, exc: Exception, started: float, bound: Any) -> None:
         now = self.now()

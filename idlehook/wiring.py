@@ -19,8 +19,8 @@ from sqlalchemy.engine import Engine
 
 from handlers.api import HandlerContext, Notification
 from handlers.builtin.archive import ArchiveHandler
+from handlers.marking import session_marker
 from handlers.registry import Registry
-from handlers.result import SessionResult
 from handlers.worker import Worker
 from idlehook.logs import configure_logging
 from idlehook.settings import Settings
@@ -120,26 +120,9 @@ def archiver(
     now: Callable[[], datetime] = utcnow,
 ) -> Archiver:
     """The archive plugin's own code, run by the reaper on a session nothing has saved yet."""
-    sessions = SessionStore(engine)
+    mark = session_marker(SessionStore(engine), now)
     handler = ArchiveHandler(settings.results_dir)
     archive_log = structlog.get_logger("idlehook.reaper.archive")
-
-    async def mark(
-        session_id: str,
-        *,
-        result_captured: bool = False,
-        transcript_saved: bool = False,
-        deleted: bool = False,
-        result: SessionResult | None = None,
-    ) -> None:
-        await asyncio.to_thread(
-            sessions.mark,
-            session_id,
-            now(),
-            result_captured=result_captured,
-            transcript_saved=transcript_saved,
-            deleted=deleted,
-        )
 
     async def archive(session_id: str) -> None:
         notification = Notification(

@@ -46,6 +46,20 @@ class SessionUpdate:
         return values
 
 
+def flag_values(
+    now: datetime, *, result_captured: bool, transcript_saved: bool, deleted: bool
+) -> dict[str, Any]:
+    """The timestamp columns a handler's achievements set."""
+    values: dict[str, Any] = {}
+    if result_captured:
+        values["result_captured_at"] = now
+    if transcript_saved:
+        values["transcript_saved_at"] = now
+    if deleted:
+        values["deleted_at"] = now
+    return values
+
+
 class SessionStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -68,13 +82,9 @@ class SessionStore:
         transcript_saved: bool = False,
         deleted: bool = False,
     ) -> None:
-        values: dict[str, Any] = {}
-        if result_captured:
-            values["result_captured_at"] = now
-        if transcript_saved:
-            values["transcript_saved_at"] = now
-        if deleted:
-            values["deleted_at"] = now
+        values = flag_values(
+            now, result_captured=result_captured, transcript_saved=transcript_saved, deleted=deleted
+        )
         self.record(session_id, SessionUpdate(extra=values), now)
 
     def get(self, session_id: str) -> TrackedSession | None:

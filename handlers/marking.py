@@ -1,0 +1,46 @@
+"""session_marker(): how a handler records what it achieved on the tracked session.
+
+One implementation for every caller: the worker gives it to plugins, and the reaper gives it to
+the archive plugin when it saves a session itself.
+"""
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+
+from handlers.api import SessionMarker
+from handlers.result import SessionResult
+from store.sessions import SessionStore, SessionUpdate, flag_values
+
+
+def session_marker(sessions: SessionStore, now: Callable[[], datetime]) -> SessionMarker:
+    async def mark(
+        session_id: str,
+        *,
+        result_captured: bool = False,
+        transcript_saved: bool = False,
+        deleted: bool = False,
+        result: SessionResult | None = None,
+    ) -> None:
+        at = now()
+        extra = flag_values(
+            at, result_captured=result_captured, transcript_saved=transcript_saved, deleted=deleted
+        )
+        update = SessionUpdate(extra=extra)
+        if result is not None:
+            update = SessionUpdate(
+                status=result.status,
+                stop_reason=result.stop_reason,
+                agent_id=result.agent_id,
+                agent_version=result.agent_version,
+                deployment_id=result.deployment_id,
+                title=result.title,
+                metadata=result.metadata,
+                created_at=result.created_at,
+                active_seconds=result.active_seconds,
+                cost_usd=result.cost_usd,
+                extra=extra,
+            )
+        await asyncio.to_thread(sessions.record, session_id, update, at)
+
+    return mark
