@@ -14,22 +14,29 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from anthropic import AsyncAnthropic
+from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 from sqlalchemy.engine import Engine
 
 from handlers.api import HandlerContext, Notification
+from handlers.builtin.answer import AnswerHandler
 from handlers.builtin.archive import ArchiveHandler
 from handlers.marking import session_marker
 from handlers.registry import Registry
+from handlers.tools import confirm
+from handlers.tools.registry import ToolRegistry
 from handlers.worker import Worker
 from idlehook.logs import configure_logging
 from idlehook.settings import Settings
 from receiver.app import ReceiverApp, create_app
+from receiver.approvals_api import approvals_routes
 from receiver.config import ReceiverConfig
+from receiver.request_id import RequestIdMiddleware
 from receiver.sessions_api import sessions_routes
+from receiver.web import web_routes
 from sessions.durations import parse_duration
 from sessions.launch_queue import LaunchDrainer
 from sessions.launcher import Launcher
+from sessions.metrics import record_api_response
 from sessions.pacing import Pacer
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Archiver, Reaper
@@ -48,10 +55,9 @@ def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     """Settings for a command, and logging configured to match them."""
     config = getattr(args, "config", None)
     settings = Settings.load(config=Path(config) if config else None, **overrides)
-    if not structlog.is_configured():  # once per process: tests run many commands in one
-        log_json = getattr(args, "log_json", None)
-        # Uncached: loggers first used here must still follow a later reconfiguration (tests).
-        configure_logging(json=True if log_json else settings.json_logs, cache=False)
+    if settings.json_logs is not None and not getattr(args, "log_json", None):
+        # The config file chose the format; main() has already sent logs to stderr.
+        configure_logging(json=settings.json_logs, cache=False)
     return settings
 
 
@@ -63,11 +69,20 @@ def open_engine(settings: Settings, *, pool_size: int = 10) -> Engine:
 
 
 def api_client(settings: Settings, *, max_retries: int = 2) -> AsyncAnthropic:
+    # The SDK's own http client class (its defaults kept), with a hook that counts every
+    # response, retries and 429s included, for /metrics.
+    http = DefaultAsyncHttpxClient(event_hooks={"response": [_count_api_response]})
     return AsyncAnthropic(
         api_key=settings.api_key.get_secret_value() or "unset",
         base_url=settings.base_url,
         max_retries=max_retries,
+        http_client=http,
     )
+
+
+async def _count_api_response(response: Any) -> None:
+    request = response.request
+    record_api_response(request.method, request.url.path, response.status_code)
 
 
 def pacer(settings: Settings, engine: Engine) -> Pacer:
@@ -77,7 +92,17 @@ def pacer(settings: Settings, engine: Engine) -> Pacer:
 def worker(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Worker:
     """The plugins the routes name, and only those, from the `idlehook.handlers` entry points."""
     wanted = {name for rule in settings.routes for name in rule.handlers}
-    return Worker(RunStore(engine), Registry.discover(allow=wanted), client, settings)
+    found = Registry.discover(allow=wanted - {AnswerHandler.name})
+    handlers = [h for h in map(found.get, found.names()) if h is not None]
+    if AnswerHandler.name in wanted:
+        handlers.append(answer_handler(settings, engine))
+    return Worker(RunStore(engine), Registry(handlers), client, settings)
+
+
+def answer_handler(settings: Settings, engine: Engine) -> AnswerHandler:
+    """The `answer` plugin on this engine, with the `[tools]` and `idlehook.tools` tools."""
+    tools = ToolRegistry.load(settings.tools.modules, settings.tools.idempotent)
+    return AnswerHandler(engine, tools)
 
 
 def launcher(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Launcher:
@@ -230,6 +255,7 @@ def service(
         watchdog = Watchdog(engine, client, pacer(settings, engine))
         periodic.append(Periodic("watchdog", settings.watchdog_seconds, watchdog.sweep))
         periodic.extend(_sweeps(settings, engine, client))
+        periodic.append(approvals_sweep(settings, engine, client))
 
     @contextlib.asynccontextmanager
     async def background(_: ReceiverApp) -> AsyncIterator[None]:
@@ -253,11 +279,26 @@ def service(
     app = create_app(
         ReceiverConfig.from_settings(settings),
         inbox,
-        routes=sessions_routes(the_launcher, settings.api_token),
+        routes=[
+            *sessions_routes(the_launcher, settings.api_token),
+            *web_routes(engine, settings.api_token),
+            *approvals_routes(engine, client, settings.api_token),
+        ],
         lifespan=background,
         on_new=the_worker.wake if the_worker is not None else None,
     )
+    # Only the Starlette part passes through middleware; the webhook path is dispatched first.
+    app.add_middleware(RequestIdMiddleware)
     return Service(settings, engine, client, inbox, app, the_worker, drainer, periodic)
+
+
+def approvals_sweep(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Periodic:
+    """Deny approvals nobody answered in time; resend decisions whose send failed."""
+
+    async def run() -> Any:
+        return await confirm.sweep(engine, client, settings.approvals, utcnow())
+
+    return Periodic("approvals", settings.approvals.sweep_seconds, run)
 
 
 def _sweeps(settings: Settings, engine: Engine, client: AsyncAnthropic) -> list[Periodic]:

@@ -9,6 +9,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from idlehook.logs import configure_logging
+
 # Command-group modules, in the order `idlehook --help` lists them.
 GROUPS = [
     "idlehook.cli.demo",
@@ -16,6 +18,7 @@ GROUPS = [
     "idlehook.cli.worker",
     "idlehook.cli.sessions",
     "idlehook.cli.reap",
+    "idlehook.cli.approvals",
     "idlehook.cli.emulator",
 ]
 
@@ -38,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Logs always go to stderr, whatever ran before in this process: stdout is the command's
+    # output (a session id, JSON) and must stay clean. Uncached, so a later reconfiguration
+    # (a command's own settings, a test's capture) takes effect for loggers already in use.
+    configure_logging(json=True if args.log_json else None, cache=False)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
