@@ -1,13 +1,13 @@
 """`POST /sessions` and `GET /sessions`: launching for event-driven integrations.
 
-Bearer-token protected (`Settings.api_token`, compared in constant time). A launch answers 201
-with the new session id once the create call succeeded, or 202 when queued (`"queue": true`, or
-the create is still waiting for its turn). Bad input is a 400 naming the problem. Files must be
-`file_...` ids here: a path would read the server's own disk.
+Bearer-token protected (`Settings.api_token`, checked by receiver/auth.py, which also admits the
+web page's cookie). A launch answers 201 with the new session id once the create call succeeded,
+or 202 when queued (`"queue": true`, or the create is still waiting for its turn). Bad input is
+a 400 naming the problem. Files must be `file_...` ids here: a path would read the server's own
+disk.
 """
 
 import asyncio
-import hmac
 import json
 from collections.abc import Callable
 from datetime import datetime
@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from receiver.auth import authorised
 from sessions.launcher import (
     InvalidLaunch,
     Launcher,
@@ -36,16 +37,6 @@ def _error(status: int, error: str, message: str) -> JSONResponse:
     return JSONResponse({"error": error, "message": message}, status_code=status)
 
 
-def _authorised(request: Request, token: SecretStr | None) -> bool:
-    if token is None or not token.get_secret_value():
-        return False
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        return False
-    return hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode())
-
-
 def sessions_routes(
     launcher: Launcher,
     api_token: SecretStr | None,
@@ -56,7 +47,7 @@ def sessions_routes(
     """Routes for the receiver app: `Starlette(routes=[..., *sessions_routes(...)])`."""
 
     async def launch(request: Request) -> Response:
-        if not _authorised(request, api_token):
+        if not authorised(request, api_token):
             return _error(401, "unauthorized", "send Authorization: Bearer <api_token>")
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
@@ -85,7 +76,7 @@ def sessions_routes(
         return JSONResponse(result.to_json(), status_code=status)
 
     async def listing(request: Request) -> Response:
-        if not _authorised(request, api_token):
+        if not authorised(request, api_token):
             return _error(401, "unauthorized", "send Authorization: Bearer <api_token>")
         try:
             limit = int(request.query_params.get("limit", "100"))

@@ -29,3 +29,36 @@ WEBHOOK_SILENCE_ALARM = Gauge(
     "1 when sessions changed status but no webhook arrived for too long: the endpoint is "
     "probably disabled",
 )
+
+# -- API calls (an httpx event hook on the SDK client: idlehook/wiring.api_client) -------------
+
+API_CALLS = Counter(
+    "idlehook_api_calls_total",
+    "Managed Agents API responses by method, route template and status (each SDK retry counts)",
+    ["method", "route", "status"],
+)
+API_RATE_LIMITED = Counter(
+    "idlehook_api_rate_limited_total",
+    "429 answers from the API by method and route template",
+    ["method", "route"],
+)
+
+
+def route_template(path: str) -> str:
+    """`/v1/sessions/sesn_01Ab/events` -> `/v1/sessions/{id}/events`: bounded label values.
+
+    API ids carry digits and the API's own path words never do (`v1` aside), which tells them
+    apart without a list of every endpoint.
+    """
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    shaped = [
+        p if i == 0 or not any(c.isdigit() for c in p) else "{id}" for i, p in enumerate(parts)
+    ]
+    return "/" + "/".join(shaped)
+
+
+def record_api_response(method: str, path: str, status: int) -> None:
+    route = route_template(path)
+    API_CALLS.labels(method.upper(), route, str(status)).inc()
+    if status == 429:
+        API_RATE_LIMITED.labels(method.upper(), route).inc()

@@ -145,9 +145,12 @@ class Reaper:
         self.poll_seconds = poll_seconds
         self.sleep = sleep
 
-    async def run(self, *, dry_run: bool = False) -> ReapReport:
+    async def run(
+        self, *, dry_run: bool = False, progress: Callable[[int, int], None] | None = None
+    ) -> ReapReport:
+        """`progress(done, total)`, if given, hears after each candidate (the CLI's bar)."""
         plan = await self.plan()
-        return await self.execute(plan, dry_run=dry_run)
+        return await self.execute(plan, dry_run=dry_run, progress=progress)
 
     # -- choosing ------------------------------------------------------------------------
 
@@ -189,12 +192,21 @@ class Reaper:
 
     # -- acting --------------------------------------------------------------------------
 
-    async def execute(self, plan: Plan, *, dry_run: bool = False) -> ReapReport:
+    async def execute(
+        self,
+        plan: Plan,
+        *,
+        dry_run: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ReapReport:
         report = ReapReport(run_id=uuid.uuid4().hex, dry_run=dry_run, examined=plan.examined)
-        for candidate in plan.candidates:
+        total = len(plan.candidates)
+        for done, candidate in enumerate(plan.candidates, start=1):
             outcomes = await self._act(candidate, dry_run)
             report.outcomes.extend(outcomes)
             await asyncio.to_thread(self._record, report.run_id, outcomes)
+            if progress is not None:
+                progress(done, total)
         report.rate_limited = self.calls.rate_limited
         if not dry_run:
             metrics.REAPER_SAVING.set(report.saving_usd_per_hour)

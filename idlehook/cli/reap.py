@@ -12,6 +12,7 @@ silence alarm is on (reconcile).
 import argparse
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -19,6 +20,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from idlehook import wiring
+from idlehook.cli import progress
 from idlehook.settings import Settings
 from sessions.durations import DurationError
 from sessions.reap_policy import ReapPolicy
@@ -63,7 +65,10 @@ def run_reap(args: argparse.Namespace) -> int:
         return 2
     engine = wiring.open_engine(settings)
     try:
-        report = asyncio.run(_reap(settings, engine, policy, args.dry_run))
+        with progress.bar(console, "reaping", enabled=not args.json) as report_progress:
+            report = asyncio.run(
+                _reap(settings, engine, policy, args.dry_run, progress=report_progress)
+            )
     finally:
         engine.dispose()
     if args.json:
@@ -79,14 +84,18 @@ def exit_code(report: ReapReport) -> int:
 
 
 async def _reap(
-    settings: Settings, engine: Engine, policy: ReapPolicy, dry_run: bool
+    settings: Settings,
+    engine: Engine,
+    policy: ReapPolicy,
+    dry_run: bool,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ReapReport:
     async with wiring.api_client(settings) as client:
         archive = (
             wiring.archiver(settings, engine, client) if policy.archive_before_delete else None
         )
         reaper = wiring.reaper(settings, engine, client, policy, archive)
-        return await reaper.run(dry_run=dry_run)
+        return await reaper.run(dry_run=dry_run, progress=progress)
 
 
 _VERB = {

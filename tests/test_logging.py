@@ -1,0 +1,88 @@
+"""Secrets never reach the logs: the API key, the webhook signing key and the management token are
+set to recognisable values, then the service handles a badly signed delivery, a login with the
+token in the URL, a refused login, launches (one rejected) and the worker's plugin runs. Every
+byte written to stdout/stderr (JSON logs, uvicorn, anything) is searched for them."""
+
+import base64
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import structlog
+
+from idlehook.logs import configure_logging
+from tests.support.servers import wait_for
+from tests.web.stack import PATH, web_stack
+
+API_KEY = "LOGTEST-api-key-7f3a9c51"
+SIGNING_RAW = base64.b64encode(b"LOGTEST-signing-key-bytes-0042!!").decode()
+SIGNING_KEY = "whsec_" + SIGNING_RAW
+API_TOKEN = "LOGTEST-api-token-31c1e8"
+SECRETS = [API_KEY, SIGNING_KEY, SIGNING_RAW, API_TOKEN]
+
+
+@pytest.fixture
+def json_logs() -> Iterator[None]:
+    saved = structlog.get_config()
+    configure_logging(json=True, cache=False)
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+def test_secrets_never_appear_in_log_output(
+    sqlite_url: str, tmp_path: Path, json_logs: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    overrides = {
+        "api_key": API_KEY,
+        "webhook_signing_keys": [SIGNING_KEY],
+        "api_token": API_TOKEN,
+    }
+    with web_stack(sqlite_url, tmp_path, **overrides) as s:
+        s.emulator.apply_config({"webhook_secrets": [SIGNING_KEY]})
+        # A delivery signed with something else, and one with a mangled signature header.
+        body = json.dumps({"type": "event", "id": "wevt_bad", "data": {"type": "x", "id": "y"}})
+        for signature in ("v1,AAAA", f"v1,{SIGNING_RAW}", "garbage"):
+            response = httpx.post(
+                s.url + PATH,
+                content=body,
+                headers={
+                    "webhook-id": "wevt_bad",
+                    "webhook-timestamp": str(int(time.time())),
+                    "webhook-signature": signature,
+                    "content-type": "application/json",
+                },
+            )
+            assert response.status_code in (400, 401)
+
+        with httpx.Client(base_url=s.url, timeout=30, follow_redirects=True) as browser:
+            assert browser.post("/login", data={"token": API_TOKEN + "x"}).status_code == 401
+            assert browser.get("/", params={"token": API_TOKEN}).status_code == 200
+
+        rejected = httpx.post(
+            s.url + "/sessions",
+            headers={"authorization": f"Bearer {API_TOKEN}"},
+            json={"agent": "agent_missing", "environment": "env_missing", "message": "hi"},
+            timeout=30,
+        )
+        assert rejected.status_code == 400
+        s.launch("end_turn", 2)
+        s.settle(archived=2)
+        wait_for(lambda: s.succeeded("log") >= 2, timeout=30)
+
+    out, err = capfd.readouterr()
+    captured = out + err
+    lines = [line for line in captured.splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in lines]
+    names = {e.get("event") for e in events}
+    # The capture did see the paths under test, in JSON.
+    assert "http.request" in names
+    assert any("request_id" in e for e in events if e.get("event") == "http.request")
+    assert any("signature" in str(e).lower() for e in events), sorted(map(str, names))
+    assert any(e.get("session_id") for e in events)
+    for secret in SECRETS:
+        assert secret not in captured, f"{secret[:12]}... leaked into the logs"
