@@ -6,12 +6,14 @@ module is the only reader of the environment.
 """
 
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -53,6 +55,12 @@ def default_routes() -> list[RouteRule]:
             handlers=["archive", "log"],
         ),
         RouteRule(name="terminated", event_types=terminated, handlers=["archive", "log"]),
+        RouteRule(
+            name="requires_action",
+            event_types=[*idle, "session.requires_action"],
+            stop_reasons=["requires_action"],
+            handlers=["answer"],
+        ),
     ]
 
 
@@ -118,6 +126,55 @@ class ReconcileSettings(BaseModel):
     _durations = field_validator("lookback")(_check_duration)
 
 
+class ToolsSettings(BaseModel):
+    """`[tools]`: Python functions answering `agent.custom_tool_use` (handlers/tools/)."""
+
+    # "package.module:attribute": a `beta_tool`/`beta_async_tool`, a `CustomTool`, or a list of
+    # them. The `idlehook.tools` entry-point group adds more.
+    modules: list[str] = Field(default_factory=list)
+    # Tools safe to run again when the worker running them died (others answer "interrupted").
+    idempotent: list[str] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    # A call to a tool nobody registered: answer it with an error ("error"), or leave it ("leave").
+    unknown: str = Field(default="error", pattern="^(error|leave)$")
+
+
+class ApprovalRule(BaseModel):
+    """One approval rule; the first whose conditions all match decides. Empty matches anything."""
+
+    name: str = ""
+    tools: list[str] = Field(default_factory=list)
+    # A regex searched in the tool input serialised as JSON (sorted keys, no spaces).
+    input_pattern: str | None = None
+    agent_ids: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    action: str = Field(pattern="^(allow|deny|ask)$")
+    message: str | None = None  # told to the agent on deny
+
+    @field_validator("input_pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+
+class ApprovalSettings(BaseModel):
+    """`[approvals]`: who decides a tool use held for confirmation (`evaluated_permission: ask`)."""
+
+    rules: list[ApprovalRule] = Field(default_factory=list)
+    default: str = Field(default="ask", pattern="^(allow|deny|ask)$")
+    # A person has this long; then the call is denied and the session handed to the reaper.
+    timeout: str = "1h"
+    expired_message: str = "No one approved this tool call in time."
+    sweep_seconds: float = Field(default=30.0, gt=0)
+
+    _durations = field_validator("timeout")(_check_duration)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IDLEHOOK_",
@@ -141,7 +198,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("base_url", "ANTHROPIC_BASE_URL", "IDLEHOOK_BASE_URL"),
     )
     # Several keys are accepted at once during rotation: comma or whitespace separated.
-    webhook_signing_keys: list[SecretStr] = Field(
+    # NoDecode: the env value is `whsec_a,whsec_b`, not JSON; `_split_keys` splits it.
+    webhook_signing_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         validation_alias=AliasChoices(
             "webhook_signing_keys", "ANTHROPIC_WEBHOOK_SIGNING_KEY", "IDLEHOOK_WEBHOOK_SIGNING_KEYS"
@@ -169,6 +227,8 @@ class Settings(BaseSettings):
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
+    tools: ToolsSettings = Field(default_factory=ToolsSettings)
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
 
     # The API's rate limits (requests per minute), shared by every worker through the store.
     create_rpm: int = Field(default=300, ge=1)

@@ -259,3 +259,70 @@ class ReconcileCursor(SQLModel, table=True):
 
 
 # --- end reaper and reconciler -----------------------------------------------------------------
+
+
+# --- tools and approvals (handlers/tools/, store/tool_calls.py, store/approvals.py) ------------
+
+
+class ToolCallState(StrEnum):
+    STARTED = "started"  # claimed and (maybe) running: the owner's lease says whose
+    FINISHED = "finished"  # result recorded, not yet accepted by the API
+    SENT = "sent"  # the API took the result: nothing more to do
+
+
+class ToolCall(SQLModel, table=True):
+    """One `agent.custom_tool_use` answered on the caller's side, recorded before it runs.
+
+    The unique tool-use id is what makes a tool run at most once however many notifications,
+    workers or retries reach it.
+    """
+
+    __tablename__ = "tool_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    custom_tool_use_id: str = Field(max_length=200, sa_column_kwargs={"unique": True})
+    session_id: str = Field(max_length=200, index=True)
+    tool_name: str = Field(max_length=200)
+    input: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())
+    state: str = Field(default=ToolCallState.STARTED, max_length=20, index=True)
+    attempts: int = 0
+    owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=ts_column())
+    result: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    is_error: bool = False
+    started_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    finished_at: datetime | None = Field(default=None, sa_column=ts_column())
+    sent_at: datetime | None = Field(default=None, sa_column=ts_column())
+
+
+class ApprovalState(StrEnum):
+    PENDING = "pending"  # waiting for a person
+    DECIDED = "decided"  # allow/deny chosen, confirmation not yet accepted by the API
+    SENT = "sent"  # the API took the `user.tool_confirmation`
+
+
+class Approval(SQLModel, table=True):
+    """One `agent.tool_use` held for confirmation, and how (and by whom) it was decided."""
+
+    __tablename__ = "approvals"
+    __table_args__ = (sa.Index("ix_approvals_state_expires", "state", "expires_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    tool_use_id: str = Field(max_length=200, sa_column_kwargs={"unique": True})
+    session_id: str = Field(max_length=200, index=True)
+    tool_name: str = Field(max_length=200)
+    input: dict[str, Any] = Field(default_factory=dict, sa_column=json_column())
+    agent_id: str | None = Field(default=None, max_length=200)
+    state: str = Field(default=ApprovalState.PENDING, max_length=20)
+    decision: str | None = Field(default=None, max_length=10)  # allow | deny
+    message: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    decided_by: str | None = Field(default=None, max_length=200)  # policy | cli | http | expiry
+    requested_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    expires_at: datetime | None = Field(default=None, sa_column=ts_column())
+    decided_at: datetime | None = Field(default=None, sa_column=ts_column())
+    sent_at: datetime | None = Field(default=None, sa_column=ts_column())
+    # When the forward target was told a person is needed (None: not yet, or no target).
+    notified_at: datetime | None = Field(default=None, sa_column=ts_column())
+
+
+# --- end tools and approvals -------------------------------------------------------------------

@@ -6,16 +6,54 @@ the receiver can de-duplicate. A non-2xx response raises: the run retries with b
 """
 
 import json
+from datetime import datetime
 from typing import Any
 
 import httpx
 from standardwebhooks.webhooks import Webhook
 
 from idlehook import HandlerContext, PermanentError
+from idlehook.settings import ForwardSettings
 
 
 class ForwardError(Exception):
     pass
+
+
+def require_configured(config: ForwardSettings) -> str:
+    """The signing secret; PermanentError when there is nowhere (or no way) to send."""
+    if not config.url:
+        raise PermanentError("forward.url is not configured")
+    if config.secret is None or not config.secret.get_secret_value():
+        raise PermanentError("forward.secret is not configured; refusing to send unsigned")
+    return config.secret.get_secret_value()
+
+
+async def post_signed(
+    config: ForwardSettings,
+    message_id: str,
+    payload: str,
+    sent_at: datetime,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.Response:
+    """POST `payload` to `config.url`, signed the Standard Webhooks way; raise unless 2xx.
+
+    Also used to ask a person for an approval (handlers/tools/confirm.py).
+    """
+    secret = require_configured(config)
+    assert config.url is not None  # require_configured checked it
+    signature = Webhook(secret).sign(message_id, sent_at, payload)
+    headers = {
+        "content-type": "application/json",
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(sent_at.timestamp())),
+        "webhook-signature": signature,
+    }
+    async with httpx.AsyncClient(transport=transport, timeout=config.timeout_seconds) as http:
+        response = await http.post(config.url, content=payload, headers=headers)
+    if not response.is_success:
+        raise ForwardError(f"forward target answered {response.status_code}")
+    return response
 
 
 class ForwardHandler:
@@ -39,25 +77,9 @@ class ForwardHandler:
 
     async def handle(self, ctx: HandlerContext) -> None:
         config = ctx.settings.forward
-        if not config.url:
-            raise PermanentError("forward.url is not configured")
-        if config.secret is None or not config.secret.get_secret_value():
-            raise PermanentError("forward.secret is not configured; refusing to send unsigned")
+        require_configured(config)  # before fetching anything: dead-letters at once
         result = await ctx.result()
         payload = self.body(ctx, result.model_dump(mode="json"))
         message_id = f"{ctx.event.event_id}.{self.name}"
-        sent_at = ctx.now()
-        signature = Webhook(config.secret.get_secret_value()).sign(message_id, sent_at, payload)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": message_id,
-            "webhook-timestamp": str(int(sent_at.timestamp())),
-            "webhook-signature": signature,
-        }
-        async with httpx.AsyncClient(
-            transport=self.transport, timeout=config.timeout_seconds
-        ) as http:
-            response = await http.post(config.url, content=payload, headers=headers)
-        if not response.is_success:
-            raise ForwardError(f"forward target answered {response.status_code}")
+        response = await post_signed(config, message_id, payload, ctx.now(), self.transport)
         ctx.log.info("forward.sent", status=response.status_code, bytes=len(payload))

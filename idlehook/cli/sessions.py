@@ -24,8 +24,10 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from idlehook import wiring
+from idlehook.cli import progress
 from idlehook.settings import Settings
 from sessions.durations import format_duration
+from sessions.launch_queue import LaunchDrainer
 from sessions.launcher import (
     InvalidLaunch,
     Launcher,
@@ -35,8 +37,9 @@ from sessions.launcher import (
     describe_tracked,
 )
 from sessions.metadata import MetadataError, parse_pairs
+from store import approvals
 from store.launches import LaunchStore
-from store.models import LaunchState, utcnow
+from store.models import Launch, LaunchState, utcnow
 
 EXIT_PENDING = 3
 
@@ -68,6 +71,11 @@ def register(subparsers: Any) -> None:
     start.add_argument("--strict", action="store_true", help="refuse unrestricted networking")
     start.add_argument("--queue", action="store_true", help="enqueue and return at once")
     start.add_argument("--batch", metavar="FILE.jsonl", help="enqueue one launch per line")
+    start.add_argument(
+        "--drain",
+        action="store_true",
+        help="with --batch: create the queued launches from here (paced), with a progress bar",
+    )
     start.add_argument(
         "--wait", type=float, default=300.0, metavar="SECONDS", help="give up waiting after"
     )
@@ -146,16 +154,19 @@ def _read_batch(path: Path, strict: bool) -> list[LaunchRequest]:
 
 
 async def _start(
-    args: argparse.Namespace, settings: Settings, engine: Engine
+    args: argparse.Namespace, settings: Settings, engine: Engine, report: progress.Report
 ) -> list[LaunchResult]:
     # Launch retries go through the durable queue, never the SDK: it sends no idempotency key.
     async with wiring.api_client(settings, max_retries=0) as client:
-        return await _launch(args, wiring.launcher(settings, engine, client))
+        return await _launch(args, wiring.launcher(settings, engine, client), report)
 
 
-async def _launch(args: argparse.Namespace, launcher: Launcher) -> list[LaunchResult]:
+async def _launch(
+    args: argparse.Namespace, launcher: Launcher, report: progress.Report
+) -> list[LaunchResult]:
     if args.batch:
-        return await launcher.enqueue_many(_read_batch(Path(args.batch), args.strict))
+        queued = await launcher.enqueue_many(_read_batch(Path(args.batch), args.strict))
+        return await _drain(launcher, queued, report) if args.drain else queued
     files = []
     for item in args.files:
         files.append(item if item.startswith("file_") else await launcher.upload(Path(item)))
@@ -165,11 +176,49 @@ async def _launch(args: argparse.Namespace, launcher: Launcher) -> list[LaunchRe
     return [await launcher.start(request, wait_seconds=args.wait)]
 
 
+_DONE = (LaunchState.CREATED, LaunchState.FAILED)
+
+
+async def _drain(
+    launcher: Launcher, queued: list[LaunchResult], report: progress.Report
+) -> list[LaunchResult]:
+    """Create the queue's launches from this process; report ours as they finish."""
+    drainer = LaunchDrainer(launcher, poll_seconds=0.2)
+    ids = [r.launch_id for r in queued]
+
+    def rows() -> list[Launch | None]:
+        return [launcher.store.get(launch_id) for launch_id in ids]
+
+    async def watch() -> None:
+        while not drainer.stopping.is_set():
+            done = sum(1 for row in await asyncio.to_thread(rows) if row and row.state in _DONE)
+            report(done, len(ids))
+            if done == len(ids):
+                return
+            await asyncio.sleep(0.2)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await drainer.run(drain=True)
+    finally:
+        drainer.stopping.set()
+        await watcher
+    final = await asyncio.to_thread(rows)
+    return [
+        LaunchResult.of(row, new=before.new) if row is not None else before
+        for before, row in zip(queued, final, strict=True)
+    ]
+
+
 def run_start(args: argparse.Namespace) -> int:
+    if args.drain and not args.batch:
+        return _fail("--drain goes with --batch")
     settings = wiring.settings_from_args(args)
     engine = wiring.open_engine(settings, pool_size=4)
+    console = Console(stderr=True)
     try:
-        results = asyncio.run(_start(args, settings, engine))
+        with progress.bar(console, "launching", enabled=not args.json) as report:
+            results = asyncio.run(_start(args, settings, engine, report))
     except LaunchError as exc:
         return _fail(str(exc))
     finally:
@@ -180,6 +229,8 @@ def run_start(args: argparse.Namespace) -> int:
     if args.json:
         body: Any = [r.to_json() for r in results] if args.batch else results[0].to_json()
         print(json.dumps(body, indent=2))
+    elif args.batch and args.drain:
+        _render_drained(results)
     elif args.batch:
         new = sum(1 for r in results if r.new)
         print(f"queued {new} launches ({len(results) - new} already known)")
@@ -189,7 +240,27 @@ def run_start(args: argparse.Namespace) -> int:
     if not args.batch and not args.queue and results[0].state != LaunchState.CREATED:
         print("still queued: a worker will create it", file=sys.stderr)
         return EXIT_PENDING
+    if args.drain and any(r.state == LaunchState.FAILED for r in results):
+        return 1
     return 0
+
+
+def _render_drained(results: list[LaunchResult]) -> None:
+    created = sum(1 for r in results if r.state == LaunchState.CREATED)
+    table = Table(title=f"{created} of {len(results)} launches created")
+    for column in ("launch", "key", "state", "session", "error"):
+        table.add_column(column)
+    for r in results:
+        style = "red" if r.state == LaunchState.FAILED else ""
+        table.add_row(
+            str(r.launch_id),
+            r.idempotency_key,
+            r.state,
+            r.session_id or "",
+            (r.error or "")[:80],
+            style=style,
+        )
+    Console().print(table)
 
 
 # -- listings --------------------------------------------------------------------------------
@@ -200,16 +271,20 @@ def run_sessions(args: argparse.Namespace) -> int:
     engine = wiring.open_engine(settings, pool_size=4)
     try:
         rows = LaunchStore(engine).tracked(limit=args.limit, include_deleted=args.all)
+        waiting = approvals.count_pending_by_session(engine)
     finally:
         engine.dispose()
     now = utcnow()
-    described = [describe_tracked(r, now) for r in rows]
+    # `pending_approvals`: held tool uses waiting for a person (`idlehook approvals`).
+    described = [
+        describe_tracked(r, now) | {"pending_approvals": waiting.get(r.id, 0)} for r in rows
+    ]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
     table = Table(title=f"{len(described)} tracked sessions")
     table.add_column("session", no_wrap=True)
-    for column in ("status", "age", "route", "result", "cost", "deadline"):
+    for column in ("status", "age", "route", "result", "cost", "deadline", "approvals"):
         table.add_column(column)
     for item in described:
         age = item["age_seconds"]
@@ -225,6 +300,7 @@ def run_sessions(args: argparse.Namespace) -> int:
             "yes" if item["result_captured"] else "",
             f"${cost:.4f}" if cost is not None else "",
             item["deadline"][:16].replace("T", " ") if item["deadline"] else "",
+            str(item["pending_approvals"] or ""),
         )
     Console().print(table)
     return 0

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from idlehook import wiring
 from idlehook.settings import Settings
+from store import approvals
 from store.models import utcnow
 from store.runs import QueueStatus, RunStore
 
@@ -96,17 +97,20 @@ def run_status(args: argparse.Namespace) -> int:
     engine = wiring.open_engine(settings)
     try:
         status = RunStore(engine).status(dead_limit=args.dead)
+        waiting = sum(approvals.count_pending_by_session(engine).values())
     finally:
         engine.dispose()
     if args.json:
-        print(json.dumps(status_dict(status), indent=2, sort_keys=True))
+        body = status_dict(status) | {"pending_approvals": waiting}
+        print(json.dumps(body, indent=2, sort_keys=True))
         return 0
-    render_status(status, Console())
+    render_status(status, Console(), pending_approvals=waiting)
     return 0
 
 
-def render_status(status: QueueStatus, console: Console) -> None:
+def render_status(status: QueueStatus, console: Console, pending_approvals: int = 0) -> None:
     console.print(f"[bold]Unfinished runs (inbox depth):[/bold] {status.unfinished}")
+    console.print(f"[bold]Approvals waiting for a person:[/bold] {pending_approvals}")
     runs = Table("state", "runs", title="Runs by state")
     for state, count in sorted(status.runs_by_state.items()):
         runs.add_row(state, str(count))

@@ -20,7 +20,8 @@ def test_default_routes_harvest_a_finished_idle_from_either_family(event_type: s
 
 def test_idle_waiting_for_input_is_not_harvested() -> None:
     facts = SessionFacts(status="idle", stop_reason="requires_action")
-    assert route(default_routes(), "session.status_idled", facts).handlers == ()
+    # Answered (custom tools, approvals), never archived as finished.
+    assert route(default_routes(), "session.status_idled", facts).handlers == ("answer",)
 
 
 def test_stale_idle_routes_nothing() -> None:

@@ -240,4 +240,4 @@ def test_routes_naming_missing_handlers_are_reported(store: RunStore, settings: 
     with capture_logs() as logs:
         Worker(store, Registry([]), client, settings)
     [entry] = [e for e in logs if e["event"] == "worker.routes_name_missing_handlers"]
-    assert entry["handlers"] == ["archive", "log"]
+    assert entry["handlers"] == ["answer", "archive", "log"]
