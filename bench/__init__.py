@@ -1,0 +1,1 @@
+"""Benchmarks: scripts run by `bench/run`; never collected by pytest (outside tests/)."""
