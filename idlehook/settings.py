@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -22,7 +22,13 @@ from pydantic_settings import (
 DEFAULT_CONFIG_PATH = Path("idlehook.toml")
 
 
-class RouteRule(BaseModel):
+class _Section(BaseModel):
+    """A config section: an unknown key is a typo, and a typo must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouteRule(_Section):
     """One routing rule: when every given condition matches, run `handlers` in order.
 
     Conditions left empty match anything. `event_types` matches the webhook `data.type`;
@@ -64,7 +70,7 @@ def default_routes() -> list[RouteRule]:
     ]
 
 
-class WorkerSettings(BaseModel):
+class WorkerSettings(_Section):
     concurrency: int = Field(default=8, ge=1, le=256)
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_seconds: float = Field(default=0.5, gt=0)
@@ -73,7 +79,7 @@ class WorkerSettings(BaseModel):
     backoff_max_seconds: float = Field(default=300.0, gt=0)
 
 
-class ForwardSettings(BaseModel):
+class ForwardSettings(_Section):
     url: str | None = None
     secret: SecretStr | None = None
     timeout_seconds: float = 10.0
@@ -88,7 +94,7 @@ def _check_duration(value: str | None) -> str | None:
     return value
 
 
-class ReaperSettings(BaseModel):
+class ReaperSettings(_Section):
     """`[reaper]`: which sessions `idlehook reap` deletes, and how carefully."""
 
     # Idle this long with nothing pending: an orphan ("0s" allowed).
@@ -113,7 +119,7 @@ class ReaperSettings(BaseModel):
     _durations = field_validator("idle_for", "max_age", "lookback")(_check_duration)
 
 
-class ReconcileSettings(BaseModel):
+class ReconcileSettings(_Section):
     """`[reconcile]`: find status changes no webhook told us about."""
 
     interval_seconds: float = Field(default=60.0, gt=0)
@@ -126,7 +132,7 @@ class ReconcileSettings(BaseModel):
     _durations = field_validator("lookback")(_check_duration)
 
 
-class ToolsSettings(BaseModel):
+class ToolsSettings(_Section):
     """`[tools]`: Python functions answering `agent.custom_tool_use` (handlers/tools/)."""
 
     # "package.module:attribute": a `beta_tool`/`beta_async_tool`, a `CustomTool`, or a list of
@@ -139,7 +145,7 @@ class ToolsSettings(BaseModel):
     unknown: str = Field(default="error", pattern="^(error|leave)$")
 
 
-class ApprovalRule(BaseModel):
+class ApprovalRule(_Section):
     """One approval rule; the first whose conditions all match decides. Empty matches anything."""
 
     name: str = ""
@@ -162,7 +168,7 @@ class ApprovalRule(BaseModel):
         return value
 
 
-class ApprovalSettings(BaseModel):
+class ApprovalSettings(_Section):
     """`[approvals]`: who decides a tool use held for confirmation (`evaluated_permission: ask`)."""
 
     rules: list[ApprovalRule] = Field(default_factory=list)
@@ -180,7 +186,7 @@ class Settings(BaseSettings):
         env_prefix="IDLEHOOK_",
         env_nested_delimiter="__",
         populate_by_name=True,
-        extra="ignore",
+        extra="forbid",
     )
 
     # Where state lives. SQLite (WAL) by default; a postgresql:// URL scales out.

@@ -7,6 +7,7 @@ The only place that builds them; commands, the demo and tests of the whole servi
 import argparse
 import asyncio
 import contextlib
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Any
 
 import structlog
 from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
+from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from handlers.api import HandlerContext, Notification
@@ -51,10 +53,25 @@ from store.sessions import SessionStore
 log = structlog.get_logger(__name__)
 
 
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says what to fix."""
+
+
+def _explain(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+    return str(exc)
+
+
 def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
     """Settings for a command, and logging configured to match them."""
     config = getattr(args, "config", None)
-    settings = Settings.load(config=Path(config) if config else None, **overrides)
+    try:
+        settings = Settings.load(config=Path(config) if config else None, **overrides)
+    except (ValidationError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(_explain(exc)) from None
     if settings.json_logs is not None and not getattr(args, "log_json", None):
         # The config file chose the format; main() has already sent logs to stderr.
         configure_logging(json=settings.json_logs, cache=False)

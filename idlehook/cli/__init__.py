@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from idlehook.logs import configure_logging
+from idlehook.wiring import ConfigError
 
 # Command-group modules, in the order `idlehook --help` lists them.
 GROUPS = [
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = func(args)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:
+        print(f"idlehook: configuration error: {exc}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 
