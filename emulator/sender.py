@@ -265,7 +265,10 @@ class WebhookSender:
             response = await self._http().post(
                 url, content=payload.encode(), headers=headers, timeout=cfg.webhook_timeout_seconds
             )
-        except httpx.HTTPError as exc:
+        except Exception as exc:
+            # Not only httpx.HTTPError: a peer killed mid-connect can surface as an
+            # AttributeError from httpcore/anyio. Any failure to get an answer is a failed
+            # attempt to retry, as Anthropic's sender would; never a silently lost event.
             return "error", None, timestamp, type(exc).__name__
         if 200 <= response.status_code < 300:
             return "delivered", response.status_code, timestamp, None
