@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anthropic
+import sqlalchemy.exc
 import structlog
 
 from store.models import Launch, utcnow
@@ -35,6 +36,9 @@ class Decision:
     # The server's own advice (429/503 `retry-after`), in seconds.
     retry_after_s: float | None = None
     message: str = ""
+    # Our own store failed, not the launch: it neither counts as an attempt nor ends the launch
+    # (if the store stays down, the lease runs out and the launch is claimed again later).
+    store_error: bool = False
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -53,6 +57,8 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
 
 def decide(exc: Exception, *, sent: bool) -> Decision:
     """What to do after `exc`; `sent` says whether the create call itself had gone out."""
+    if _transient_store_error(exc):
+        return Decision(True, sent, None, f"store unavailable: {_store_detail(exc)}", True)
     if isinstance(exc, anthropic.RateLimitError):
         # A 429 is a clear "not created".
         return Decision(
@@ -73,6 +79,22 @@ def decide(exc: Exception, *, sent: bool) -> Decision:
             )
         return Decision(False, False, None, f"API refused the request ({status}): {_detail(exc)}")
     return Decision(False, False, None, f"{type(exc).__name__}: {exc}")
+
+
+def _transient_store_error(exc: Exception) -> bool:
+    """A lost connection, a lock timeout, a database restarting: worth another go. Integrity
+    and programming errors are bugs, and stay failures."""
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+
+
+def _store_detail(exc: Exception) -> str:
+    # The driver's own message, first line only: SQLAlchemy's str() adds the statement and
+    # its parameters, which may carry request data.
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    return f"{type(orig).__name__}: {first}"[:300]
 
 
 def _detail(exc: anthropic.APIStatusError) -> str:
@@ -148,7 +170,7 @@ class LaunchDrainer:
 
     async def _one(self, launch: Launch, wake: asyncio.Event) -> None:
         try:
-            await self.launcher.process(launch, self.worker_id)
+            await self.launcher.process(launch)
         except Exception:
             log.exception("launch.drain_error")
         finally:

@@ -401,7 +401,7 @@ class Launcher:
                 self.store.claim, owner, limit=1, lease=self.lease, only_id=queued.launch_id
             )
             if claimed:
-                await self.process(claimed[0], owner)
+                await self.process(claimed[0])
                 continue
             pause = 0.2
             if row.state == LaunchState.QUEUED and row.lease_owner is None:
@@ -415,11 +415,17 @@ class Launcher:
 
     # --- processing a claimed launch ------------------------------------------------------------
 
-    async def process(self, launch: Launch, owner: str) -> None:
-        """Take one claimed launch one step: created, failed, or queued again for later."""
+    async def process(self, launch: Launch) -> None:
+        """Take one claimed launch one step: created, failed, or queued again for later.
+
+        Every write is fenced on the lease token the claim put in `launch.lease_owner`.
+        """
         assert launch.id is not None
+        assert launch.lease_owner is not None, "process() takes a launch fresh from claim()"
+        owner = launch.lease_owner
         prepared = PreparedLaunch.from_json(launch.request)
         sent = False
+        first_attempt = launch.first_attempt_at
         bound = structlog.contextvars.bound_contextvars(
             launch_id=launch.id, idempotency_key=launch.idempotency_key
         )
@@ -434,6 +440,8 @@ class Launcher:
                         await self._complete(launch.id, owner, prepared, existing)
                         return
                 await self.pacer.acquire("create")
+                # begin_create keeps an earlier first_attempt_at; this is ours if there was none.
+                first_attempt = first_attempt or self._now()
                 if not await asyncio.to_thread(
                     partial(
                         self.store.begin_create,
@@ -450,15 +458,23 @@ class Launcher:
                 session = await self.client.beta.sessions.create(**prepared.create_params(version))
             except LaunchRejected as exc:
                 log.warning("launch.rejected", error=str(exc))
-                await asyncio.to_thread(self.store.fail, launch.id, owner, str(exc))
+                await self._fail(launch, owner, prepared, str(exc), first_attempt, unknown=False)
                 return
             except Exception as exc:
-                await self._after_error(launch, owner, exc, sent=sent)
+                await self._after_error(launch, owner, prepared, exc, sent, first_attempt)
                 return
             log.info("launch.created", session_id=session.id, agent_version=version)
             await self._complete(launch.id, owner, prepared, session)
 
-    async def _after_error(self, launch: Launch, owner: str, exc: Exception, *, sent: bool) -> None:
+    async def _after_error(
+        self,
+        launch: Launch,
+        owner: str,
+        prepared: PreparedLaunch,
+        exc: Exception,
+        sent: bool,
+        first_attempt: datetime | None,
+    ) -> None:
         assert launch.id is not None
         decision = decide(exc, sent=sent)
         if isinstance(exc, anthropic.RateLimitError):
@@ -466,12 +482,14 @@ class Launcher:
                 "create" if sent else "read", decision.retry_after_s or backoff_delay(1, None)
             )
         attempts = launch.attempts + 1
-        if not decision.retry or attempts >= self.max_attempts:
+        out_of_attempts = attempts >= self.max_attempts and not decision.store_error
+        if not decision.retry or out_of_attempts:
             message = decision.message
             if decision.retry:
                 message = f"gave up after {attempts} attempts: {message}"
-            log.warning("launch.failed", error=message)
-            await asyncio.to_thread(self.store.fail, launch.id, owner, message)
+            await self._fail(
+                launch, owner, prepared, message, first_attempt, unknown=decision.outcome_unknown
+            )
             return
         delay = backoff_delay(max(1, attempts), decision.retry_after_s)
         log.info(
@@ -487,7 +505,36 @@ class Launcher:
             at=self._now() + timedelta(seconds=delay),
             error=decision.message,
             outcome_unknown=decision.outcome_unknown,
-            count_attempt=not sent,
+            count_attempt=not sent and not decision.store_error,
+        )
+
+    async def _fail(
+        self,
+        launch: Launch,
+        owner: str,
+        prepared: PreparedLaunch,
+        message: str,
+        first_attempt: datetime | None,
+        *,
+        unknown: bool,
+    ) -> None:
+        """Fail the launch, unless a create whose answer never came made the session after all."""
+        assert launch.id is not None
+        if (unknown or launch.outcome_unknown) and first_attempt is not None:
+            try:
+                existing = await self._find_existing(prepared, first_attempt)
+            except Exception as exc:
+                # Failing is still safe: the row keeps outcome_unknown, so a retry with the
+                # same key looks again before creating.
+                log.warning("launch.recovery_check_failed", error=type(exc).__name__)
+                existing = None
+            if existing is not None:
+                log.info("launch.recovered", session_id=existing.id)
+                await self._complete(launch.id, owner, prepared, existing)
+                return
+        log.warning("launch.failed", error=message)
+        await asyncio.to_thread(
+            partial(self.store.fail, launch.id, owner, message, outcome_unknown=unknown)
         )
 
     async def _complete(

@@ -1,11 +1,13 @@
 """The launch queue and the sessions it launched: every write the launcher and watchdog make.
 
 A launch row moves queued -> creating -> created, or back to queued for a retry, or to failed.
-Workers claim rows under a lease; every later write is fenced on the lease owner, so a worker that
-lost its lease (it stalled, another took over) cannot overwrite the new owner's outcome.
+Workers claim rows under a lease; every later write is fenced on the lease token that claim wrote,
+so a worker that lost its lease (it stalled, another took over) cannot overwrite the new owner's
+outcome.
 """
 
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,7 +78,9 @@ class LaunchStore:
     def add(self, launch: NewLaunch) -> tuple[Launch, bool]:
         """Insert a launch, or return the one holding its idempotency key (and False).
 
-        A failed launch created nothing, so the same key re-queues it with the new request.
+        A failed launch is re-queued with the new request. It keeps `outcome_unknown` and
+        `first_attempt_at`: an unanswered create may have started a session after all, and the
+        next attempt must look for it before creating another.
         """
         rows = self.add_many([launch])
         return rows[0]
@@ -119,8 +123,6 @@ class LaunchStore:
             existing.attempts = 0
             existing.error = None
             existing.warnings = []
-            existing.outcome_unknown = False
-            existing.first_attempt_at = None
             existing.next_attempt_at = now
             existing.finished_at = None
             existing.updated_at = now
@@ -136,6 +138,10 @@ class LaunchStore:
         self, owner: str, *, limit: int, lease: timedelta, only_id: int | None = None
     ) -> list[Launch]:
         """Lease up to `limit` due launches to `owner`.
+
+        Each claim writes its own lease token (`owner` plus a random suffix) to `lease_owner`;
+        later writes must present it, so a stalled task still holding an earlier, expired claim
+        of the row is fenced out even when the same owner has claimed it again.
 
         A row found in `creating` with its lease run out belonged to a worker that died around
         its create call: the session may exist, so it comes back flagged `outcome_unknown`.
@@ -154,6 +160,7 @@ class LaunchStore:
             query = query.where(Launch.id == only_id)
         if not is_sqlite(self.engine):
             query = query.with_for_update(skip_locked=True)
+        token = f"{owner[:180]}:{uuid.uuid4().hex[:12]}"
         with write_lock(self.engine), self._session() as db:
             ids = list(db.exec(query))
             if not ids:
@@ -166,7 +173,7 @@ class LaunchStore:
                         col(Launch.outcome_unknown), col(Launch.state) == LaunchState.CREATING
                     ),
                     state=LaunchState.QUEUED,
-                    lease_owner=owner,
+                    lease_owner=token,
                     lease_expires_at=now + lease,
                     updated_at=now,
                 )
@@ -175,11 +182,11 @@ class LaunchStore:
             rows = db.exec(select(Launch).where(col(Launch.id).in_(ids))).all()
             return sorted(rows, key=lambda r: (r.next_attempt_at, r.id or 0))
 
-    def _fenced(self, launch_id: int, owner: str, **values: Any) -> bool:
+    def _fenced(self, launch_id: int, token: str, **values: Any) -> bool:
         with write_lock(self.engine), self.engine.begin() as conn:
             result = conn.execute(
                 sa.update(Launch)
-                .where(col(Launch.id) == launch_id, col(Launch.lease_owner) == owner)
+                .where(col(Launch.id) == launch_id, col(Launch.lease_owner) == token)
                 .values(updated_at=self._now(), **values)
             )
             return bool(cast("CursorResult[Any]", result).rowcount)
@@ -187,7 +194,7 @@ class LaunchStore:
     def begin_create(
         self,
         launch_id: int,
-        owner: str,
+        token: str,
         lease: timedelta,
         *,
         agent_version: int | None = None,
@@ -197,7 +204,7 @@ class LaunchStore:
         now = self._now()
         return self._fenced(
             launch_id,
-            owner,
+            token,
             state=LaunchState.CREATING,
             agent_version=agent_version,
             warnings=list(warnings),
@@ -206,13 +213,13 @@ class LaunchStore:
             lease_expires_at=now + lease,
         )
 
-    def extend(self, launch_id: int, owner: str, lease: timedelta) -> bool:
-        return self._fenced(launch_id, owner, lease_expires_at=self._now() + lease)
+    def extend(self, launch_id: int, token: str, lease: timedelta) -> bool:
+        return self._fenced(launch_id, token, lease_expires_at=self._now() + lease)
 
     def retry(
         self,
         launch_id: int,
-        owner: str,
+        token: str,
         *,
         at: datetime,
         error: str,
@@ -232,21 +239,24 @@ class LaunchStore:
             values["outcome_unknown"] = True
         if count_attempt:
             values["attempts"] = col(Launch.attempts) + 1
-        return self._fenced(launch_id, owner, **values)
+        return self._fenced(launch_id, token, **values)
 
-    def fail(self, launch_id: int, owner: str, error: str) -> bool:
-        now = self._now()
-        return self._fenced(
-            launch_id,
-            owner,
-            state=LaunchState.FAILED,
-            error=error,
-            lease_owner=None,
-            lease_expires_at=None,
-            finished_at=now,
-        )
+    def fail(
+        self, launch_id: int, token: str, error: str, *, outcome_unknown: bool = False
+    ) -> bool:
+        """`outcome_unknown`: the last create went unanswered, so a re-queue checks first."""
+        values: dict[str, Any] = {
+            "state": LaunchState.FAILED,
+            "error": error,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "finished_at": self._now(),
+        }
+        if outcome_unknown:
+            values["outcome_unknown"] = True
+        return self._fenced(launch_id, token, **values)
 
-    def complete(self, launch_id: int, owner: str, facts: SessionFacts) -> bool:
+    def complete(self, launch_id: int, token: str, facts: SessionFacts) -> bool:
         """Mark the launch created and track its session, in one transaction."""
         now = self._now()
         for _ in range(2):
@@ -254,7 +264,7 @@ class LaunchStore:
                 with write_lock(self.engine), self._session() as db:
                     done = db.execute(
                         sa.update(Launch)
-                        .where(col(Launch.id) == launch_id, col(Launch.lease_owner) == owner)
+                        .where(col(Launch.id) == launch_id, col(Launch.lease_owner) == token)
                         .values(
                             state=LaunchState.CREATED,
                             session_id=facts.id,
