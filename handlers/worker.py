@@ -5,7 +5,6 @@ Concurrency is bounded by `Settings.worker.concurrency`; lanes keep one session'
 """
 
 import asyncio
-import contextlib
 import os
 import socket
 import time
@@ -14,12 +13,13 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+import anthropic
 import structlog
 from anthropic import AsyncAnthropic
 
 from handlers import metrics
 from handlers.api import HandlerContext, Notification, PriorRun
-from handlers.events import is_known
+from handlers.events import DELETED_TYPES, is_known
 from handlers.marking import session_marker
 from handlers.registry import Registry
 from handlers.retry import PermanentError, next_attempt
@@ -175,12 +175,22 @@ class Worker:
     async def _execute(self, run: ClaimedRun) -> None:
         bound = log.bind(run_id=run.id, handler=run.handler, lane=run.lane, attempt=run.attempts)
         started = time.monotonic()
-        heartbeat = asyncio.create_task(self._heartbeat(run, bound))
+        work = asyncio.create_task(self._attempt(run, bound))
+        keeper = asyncio.create_task(self._keep_lease(run, bound))
         try:
-            if run.attempts > self.settings.worker.max_attempts:
-                raise PermanentError("lease expired on the last attempt (worker died?)")
+            await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            keeper.cancel()
+            # The lease is gone (or we are being cancelled): the run's next owner redoes it, so
+            # this attempt must stop causing side effects now.
+            work.cancel()
+            await asyncio.gather(work, keeper, return_exceptions=True)
+        if work.cancelled():
+            self._observe(run, started, "lease_lost", bound)
+            return
+        try:
+            handlers = work.result()
             if run.handler == ROUTE_HANDLER:
-                handlers = await self._route(run, bound)
                 done = await asyncio.to_thread(
                     self.store.complete_route,
                     run.id,
@@ -188,24 +198,44 @@ class Worker:
                     self.now(),
                     _ms(started),
                     handlers,
+                    attempt=run.attempts,
                 )
             else:
-                await self._call_plugin(run, bound)
                 done = await asyncio.to_thread(
-                    self.store.succeed, run.id, self.worker_id, self.now(), _ms(started)
+                    self.store.succeed,
+                    run.id,
+                    self.worker_id,
+                    self.now(),
+                    _ms(started),
+                    attempt=run.attempts,
                 )
-            heartbeat.cancel()
             self._observe(run, started, "succeeded" if done else "lease_lost", bound)
         except Exception as exc:
-            heartbeat.cancel()
             await self._failed(run, exc, started, bound)
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+
+    async def _attempt(self, run: ClaimedRun, bound: Any) -> list[str]:
+        """Route (the handlers to add) or call the plugin (nothing to add); raise to fail."""
+        if run.attempts > self.settings.worker.max_attempts:
+            raise PermanentError("lease expired on the last attempt (worker died?)")
+        if run.handler == ROUTE_HANDLER:
+            return await self._route(run, bound)
+        await self._call_plugin(run, bound)
+        return []
 
     async def _route(self, run: ClaimedRun, bound: Any) -> list[str]:
         delivery = await asyncio.to_thread(self.store.delivery, run.delivery_id)
+        if delivery.event_type not in DELETED_TYPES and await self._deleted(delivery.session_id):
+            # A late notification about a session already deleted: every handler would 404.
+            metrics.NOTIFICATIONS.labels(
+                event_type=delivery.event_type if is_known(delivery.event_type) else "unknown",
+                decision="session_deleted",
+            ).inc()
+            bound.info(
+                "notification.session_deleted",
+                event_id=delivery.event_id,
+                session_id=delivery.session_id,
+            )
+            return []
         if await late_duplicate(
             self.client,
             self.store.engine,
@@ -262,14 +292,34 @@ class Worker:
             prior_runs=[PriorRun(handler=p.handler, state=p.state) for p in prior],
             mark=self._mark,
         )
-        await handler.handle(ctx)
+        try:
+            await handler.handle(ctx)
+        except anthropic.NotFoundError:
+            if not await self._deleted(delivery.session_id):
+                raise
+            # Deleted since routing (the reaper, or an earlier delete run): nothing left to do.
+            bound.info("run.session_deleted", session_id=delivery.session_id)
+
+    async def _deleted(self, session_id: str | None) -> bool:
+        """Whether the tracked session is recorded as deleted."""
+        if session_id is None:
+            return False
+        tracked = await asyncio.to_thread(self.sessions.get, session_id)
+        return tracked is not None and tracked.deleted_at is not None
 
     async def _failed(self, run: ClaimedRun, exc: Exception, started: float, bound: Any) -> None:
         now = self.now()
         retry_at = next_attempt(run.attempts, exc, now, self.settings.worker)
         error = describe_error(exc)
         state = await asyncio.to_thread(
-            self.store.fail, run.id, self.worker_id, now, error, retry_at, _ms(started)
+            self.store.fail,
+            run.id,
+            self.worker_id,
+            now,
+            error,
+            retry_at,
+            _ms(started),
+            attempt=run.attempts,
         )
         if state is None:
             self._observe(run, started, "lease_lost", bound)
@@ -294,16 +344,29 @@ class Worker:
         elif log_it:
             bound.info("run.succeeded", duration_ms=round(elapsed * 1000, 1))
 
-    async def _heartbeat(self, run: ClaimedRun, bound: Any) -> None:
+    async def _keep_lease(self, run: ClaimedRun, bound: Any) -> None:
+        """Renew the lease until cancelled; return once it is lost: renewal refused, or the
+        store unreachable until the lease ran out (someone else may hold the run by then)."""
         interval = self.lease.total_seconds() / 3
+        expires = run.lease_expires_at
         while True:
-            await asyncio.sleep(interval)
-            held = await asyncio.to_thread(
-                self.store.renew, run.id, self.worker_id, self.now(), self.lease
-            )
+            left = (expires - self.now()).total_seconds()
+            await asyncio.sleep(max(0.0, min(interval, left)))
+            now = self.now()
+            try:
+                held = await asyncio.to_thread(
+                    self.store.renew, run.id, self.worker_id, now, self.lease, attempt=run.attempts
+                )
+            except Exception as exc:
+                if self.now() >= expires:
+                    bound.warning("run.lease_expired", error=describe_error(exc))
+                    return
+                bound.warning("run.lease_renewal_error", error=describe_error(exc))
+                continue
             if not held:
-                bound.warning("run.lease_renewal_failed")
+                bound.warning("run.lease_renewal_refused")
                 return
+            expires = now + self.lease
 
 
 def _ms(started: float) -> float:

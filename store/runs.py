@@ -1,5 +1,9 @@
 """The run queue: claim under a lease, renew, complete (fenced by the lease), retry, replay.
 
+Every write after the claim is fenced by (owner, attempt): one worker id serves all of a
+worker's tasks and may re-claim its own expired run, so the owner alone cannot tell a stale
+attempt from the live one, while `attempts` goes up on every claim.
+
 A run is claimable when it is due and it is the first unfinished run of its lane, ordered by
 (delivery_id, position), and no other run of the lane holds a live lease. So one session's runs
 go one at a time and in order, while different lanes run in parallel.
@@ -211,12 +215,14 @@ class RunStore:
                 fenced.append(run_id)
         return fenced
 
-    def renew(self, run_id: int, owner: str, now: datetime, lease: timedelta) -> bool:
+    def renew(
+        self, run_id: int, owner: str, now: datetime, lease: timedelta, *, attempt: int
+    ) -> bool:
         """Heartbeat: extend the lease; False when it was lost (the run went to someone else)."""
         with self.engine.begin() as conn:
             result = conn.execute(
                 _runs.update()
-                .where(*self._held(run_id, owner))
+                .where(*self._held(run_id, owner, attempt))
                 .values(lease_expires_at=now + lease, updated_at=now)
             )
         return result.rowcount == 1
@@ -224,23 +230,32 @@ class RunStore:
     # -- completion (every write is fenced by the lease) -------------------------------------------
 
     @staticmethod
-    def _held(run_id: int, owner: str) -> tuple[Any, ...]:
+    def _held(run_id: int, owner: str, attempt: int) -> tuple[Any, ...]:
         return (
             _runs.c.id == run_id,
             _runs.c.lease_owner == owner,
+            _runs.c.attempts == attempt,
             _runs.c.state == RunState.RUNNING.value,
         )
 
-    def succeed(self, run_id: int, owner: str, now: datetime, duration_ms: float) -> bool:
+    def succeed(
+        self, run_id: int, owner: str, now: datetime, duration_ms: float, *, attempt: int
+    ) -> bool:
         with self.engine.begin() as conn:
-            return self._finish_succeeded(conn, run_id, owner, now, duration_ms)
+            return self._finish_succeeded(conn, run_id, owner, attempt, now, duration_ms)
 
     def _finish_succeeded(
-        self, conn: Connection, run_id: int, owner: str, now: datetime, duration_ms: float
+        self,
+        conn: Connection,
+        run_id: int,
+        owner: str,
+        attempt: int,
+        now: datetime,
+        duration_ms: float,
     ) -> bool:
         result = conn.execute(
             _runs.update()
-            .where(*self._held(run_id, owner))
+            .where(*self._held(run_id, owner, attempt))
             .values(
                 state=RunState.SUCCEEDED.value,
                 lease_owner=None,
@@ -259,14 +274,20 @@ class RunStore:
         now: datetime,
         duration_ms: float,
         handlers: Sequence[str],
+        *,
+        attempt: int,
     ) -> bool:
         """Finish a routing run and add its handlers' runs at positions 1..n, atomically: the
         next delivery of the lane must not slip in between the two writes."""
         with self.engine.begin() as conn:
             run = conn.execute(
-                sa.select(_runs.c.delivery_id, _runs.c.lane).where(*self._held(run_id, owner))
+                sa.select(_runs.c.delivery_id, _runs.c.lane).where(
+                    *self._held(run_id, owner, attempt)
+                )
             ).first()
-            if run is None or not self._finish_succeeded(conn, run_id, owner, now, duration_ms):
+            if run is None or not self._finish_succeeded(
+                conn, run_id, owner, attempt, now, duration_ms
+            ):
                 return False
             existing = set(
                 conn.execute(
@@ -300,13 +321,15 @@ class RunStore:
         error: str,
         retry_at: datetime | None,
         duration_ms: float,
+        *,
+        attempt: int,
     ) -> RunState | None:
         """Record a failed attempt: FAILED until `retry_at`, or DEAD when None. None: lease lost."""
         state = RunState.DEAD if retry_at is None else RunState.FAILED
         with self.engine.begin() as conn:
             result = conn.execute(
                 _runs.update()
-                .where(*self._held(run_id, owner))
+                .where(*self._held(run_id, owner, attempt))
                 .values(
                     state=state.value,
                     lease_owner=None,

@@ -1,8 +1,11 @@
 """The built-in plugins through the worker, against the emulator and a local forward receiver."""
 
+import asyncio
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anthropic
 import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
@@ -10,18 +13,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from emulator.app import create_emulator
+from emulator.clock import SpeedClock
+from emulator.config import EmulatorConfig
+from emulator.core import Emulator
 from handlers.builtin.archive import ArchiveHandler
-from handlers.builtin.delete import DeleteHandler
+from handlers.builtin.delete import DeleteHandler, moved_on
 from handlers.builtin.forward import ForwardHandler
 from handlers.builtin.log import LogHandler
 from handlers.registry import Registry
 from handlers.worker import Worker
+from idlehook import HandlerContext
 from idlehook.settings import ForwardSettings, RouteRule, Settings
 from store.runs import RunStore
 from store.sessions import SessionStore
-from tests.handlers.conftest import Sessions
+from tests.handlers.conftest import API_KEY, Sessions
 from tests.handlers.helpers import add_delivery
 from tests.handlers.support import Recorder, run_until
+from tests.support.servers import serve
 
 IDLE = "session.status_idled"
 SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
@@ -101,7 +110,6 @@ async def test_delete_runs_after_archive_and_stops_the_session(
     ]
     assert runs[1].finished_at <= runs[3].finished_at
     assert (settings.results_dir / session_id / "events.jsonl").exists()
-    import anthropic
 
     with pytest.raises(anthropic.NotFoundError):
         sessions.api.beta.sessions.retrieve(session_id)
@@ -191,3 +199,70 @@ async def test_forward_with_a_wrong_secret_is_rejected_and_unconfigured_is_dead(
     await run_until(unconfigured, lambda: store.unfinished() == 0)
     run = store.runs_for_delivery(missing)[1]
     assert (run.state, run.attempts) == ("dead", 1)
+
+
+class NewTurn:
+    """Stands in for a user.message arriving while the handlers before `delete` ran: sends one
+    (a long turn, or a short one on a wall clock moved ahead) before delete's turn comes."""
+
+    name = "new_turn"
+
+    def __init__(self, emu: Emulator, finish: bool, shift: list[timedelta]) -> None:
+        self.emu = emu
+        self.finish = finish
+        self.shift = shift
+
+    async def handle(self, ctx: HandlerContext) -> None:
+        if self.finish:
+            self.shift[0] = timedelta(seconds=30)  # the new turn happens well after
+        else:
+            self.emu.apply_config({"run_seconds": 100_000.0})  # still running when delete runs
+        message = {"type": "user.message", "content": [{"type": "text", "text": "more"}]}
+        await ctx.client.beta.sessions.events.send(ctx.session_id, events=[message])  # type: ignore[list-item]
+        if self.finish:
+            while (await ctx.client.beta.sessions.retrieve(ctx.session_id)).status != "idle":
+                await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("finish", [False, True], ids=["running", "ran_again"])
+async def test_delete_spares_a_session_that_moved_on_after_the_notification(
+    store, engine, settings, finish: bool
+) -> None:
+    shift = [timedelta(0)]
+    clock = SpeedClock(200.0, wall=lambda: datetime.now(UTC) + shift[0])
+    emu = Emulator(EmulatorConfig(speed=200.0, run_seconds=2.0), clock=clock)
+    with serve(create_emulator(emulator=emu)) as url:
+        sessions = Sessions(url)
+        session_id = sessions.finished()
+        async with anthropic.AsyncAnthropic(api_key=API_KEY, base_url=url, max_retries=0) as client:
+            registry = Registry([NewTurn(emu, finish, shift), DeleteHandler()])
+            worker = Worker(store, registry, client, with_routes(settings, "new_turn", "delete"))
+            delivery = add_delivery(engine, IDLE, session_id)
+            await run_until(worker, lambda: store.unfinished() == 0)
+        status = sessions.api.beta.sessions.retrieve(session_id).status
+        sessions.api.close()
+    assert [r.state for r in store.runs_for_delivery(delivery)] == ["succeeded"] * 3
+    assert status == ("idle" if finish else "running")  # not deleted
+    tracked = SessionStore(engine).get(session_id)
+    assert tracked is not None
+    assert tracked.deleted_at is None
+
+
+@pytest.mark.parametrize(
+    ("status", "change", "expected"),
+    [
+        ("running", None, "status_running"),
+        ("rescheduling", None, "status_rescheduling"),
+        ("idle", 0.0, None),
+        ("idle", 0.5, None),  # within the envelope's skew
+        ("idle", 5.0, "changed_since_notified"),
+        ("terminated", -10.0, None),
+        ("idle", None, None),
+    ],
+)
+def test_moved_on(status: str, change: float | None, expected: str | None) -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    last = None if change is None else at + timedelta(seconds=change)
+    assert moved_on(status, last, received_at=at, event_created_at=at) == expected
+    # Our clock behind Anthropic's: the envelope time still covers the notified transition.
+    assert moved_on("idle", at + timedelta(seconds=3), at, at + timedelta(seconds=3)) is None

@@ -65,7 +65,7 @@ def test_status_and_replay(cli_env: Path, engine: Engine) -> None:
     clock = Clock()
     add_delivery(engine, "session.status_terminated", "sesn_dead", now=clock.now())
     [run] = store.claim("w", clock.now(), timedelta(seconds=30))
-    store.fail(run.id, "w", clock.now(), "RuntimeError: boom", None, 1.0)
+    store.fail(run.id, "w", clock.now(), "RuntimeError: boom", None, 1.0, attempt=run.attempts)
 
     report = json.loads(main(["status", "--json"]).stdout)
     assert report["runs_by_state"] == {"dead": 1}

@@ -1,21 +1,29 @@
 """The worker against a real store (SQLite and PostgreSQL) and the emulator through the SDK."""
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
 import anthropic
+import sqlalchemy as sa
 from prometheus_client import REGISTRY
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from emulator.app import create_emulator
 from emulator.config import EmulatorConfig
+from handlers.builtin.archive import ArchiveHandler
 from handlers.registry import Registry
 from handlers.worker import Worker
+from idlehook import HandlerContext
 from idlehook.settings import RouteRule, Settings
+from store.models import HandlerRun, utcnow
 from store.runs import RunStore
 from store.sessions import SessionStore
 from tests.handlers.conftest import API_KEY, Sessions
 from tests.handlers.helpers import add_delivery, run_states
 from tests.handlers.support import Recorder, run_until
-from tests.support.servers import serve
+from tests.support.servers import serve, wait_for
 
 TERMINATED = "session.status_terminated"
 
@@ -241,3 +249,151 @@ def test_routes_naming_missing_handlers_are_reported(store: RunStore, settings: 
         Worker(store, Registry([]), client, settings)
     [entry] = [e for e in logs if e["event"] == "worker.routes_name_missing_handlers"]
     assert entry["handlers"] == ["answer", "archive", "log"]
+
+
+def short_lease(settings: Settings, seconds: float) -> Settings:
+    worker = settings.worker.model_copy(update={"lease_seconds": seconds})
+    return settings.model_copy(update={"worker": worker})
+
+
+class Stuck:
+    """Blocks on its first call until cancelled; later calls return at once."""
+
+    def __init__(self, name: str = "stuck", release: Callable[[], bool] | None = None) -> None:
+        self.name = name
+        self.release = release or (lambda: False)
+        self.calls: list[int] = []
+        self.cancelled = 0
+
+    async def handle(self, ctx: HandlerContext) -> None:
+        self.calls.append(ctx.attempt)
+        if len(self.calls) > 1:
+            return
+        try:
+            while not self.release():
+                await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 20.0) -> Any:
+    return await asyncio.to_thread(wait_for, predicate, timeout)
+
+
+async def test_a_lost_lease_cancels_the_plugin_and_discards_its_completion(
+    store, engine, settings, client
+) -> None:
+    stuck = Stuck()
+    worker = Worker(store, Registry([stuck]), client, only(short_lease(settings, 0.6), "stuck"))
+    delivery = add_delivery(engine, TERMINATED, "sesn_x")
+    lost_before = REGISTRY.get_sample_value("idlehook_handler_leases_lost_total") or 0
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_until(lambda: stuck.calls)
+        # Another claimer takes the run (its attempt counter moves on, its lease is live).
+        run_id = store.runs_for_delivery(delivery)[1].id
+        with engine.begin() as conn:
+            conn.execute(
+                sa.update(HandlerRun)
+                .where(HandlerRun.id == run_id)  # type: ignore[arg-type]
+                .values(attempts=HandlerRun.attempts + 1, lease_owner="thief")
+            )
+        await wait_until(lambda: stuck.cancelled)
+        assert store.get(run_id).state == "running"  # the cancelled attempt wrote nothing
+        # The thief never finishes either: once its lease runs out the run is redone.
+        await wait_until(lambda: store.unfinished() == 0)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 20)
+    assert stuck.calls == [1, 3]
+    assert states(store, delivery)[1] == ("stuck", "succeeded", 3)
+    assert REGISTRY.get_sample_value("idlehook_handler_leases_lost_total") == lost_before + 1
+
+
+class FlakyRenewals(RunStore):
+    """A store whose heartbeat writes fail while `down` (the database briefly unreachable)."""
+
+    def __init__(self, engine: Engine, down: bool) -> None:
+        super().__init__(engine)
+        self.down = down
+        self.renewals: list[bool] = []
+
+    def renew(self, *args: Any, **kwargs: Any) -> bool:
+        if self.down:
+            self.renewals.append(False)
+            raise OperationalError("UPDATE handler_runs", {}, Exception("connection refused"))
+        self.renewals.append(True)
+        return super().renew(*args, **kwargs)
+
+
+async def test_renewal_errors_are_survived_until_the_lease_runs_out(
+    engine, settings, client
+) -> None:
+    store = FlakyRenewals(engine, down=True)
+
+    def recovered() -> bool:
+        # One failed heartbeat, then the database is back and one succeeds.
+        if store.renewals:
+            store.down = False
+        return True in store.renewals
+
+    patient = Stuck("patient", release=recovered)
+    worker = Worker(store, Registry([patient]), client, only(short_lease(settings, 1.5), "patient"))
+    delivery = add_delivery(engine, TERMINATED, "sesn_x")
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert (patient.calls, patient.cancelled) == ([1], 0)
+    assert states(store, delivery)[1] == ("patient", "succeeded", 1)
+
+
+async def test_a_lease_that_runs_out_unrenewed_cancels_the_plugin(engine, settings, client) -> None:
+    store = FlakyRenewals(engine, down=True)
+    stuck = Stuck()
+    worker = Worker(store, Registry([stuck]), client, only(short_lease(settings, 0.6), "stuck"))
+    delivery = add_delivery(engine, TERMINATED, "sesn_x")
+    await run_until(worker, lambda: store.unfinished() == 0)
+    # The first attempt was given up once its lease expired; the re-claim did the work.
+    assert (stuck.calls, stuck.cancelled) == ([1, 2], 1)
+    assert states(store, delivery)[1] == ("stuck", "succeeded", 2)
+
+
+async def test_a_late_notification_for_a_deleted_session_routes_nothing(
+    store, engine, settings, client, sessions: Sessions
+) -> None:
+    session_id = sessions.finished()
+    sessions.api.beta.sessions.delete(session_id)
+    SessionStore(engine).mark(session_id, utcnow(), deleted=True)
+    recorder = Recorder("rec")
+    worker = Worker(store, Registry([recorder]), client, only(settings, "rec"))
+    late = add_delivery(engine, TERMINATED, session_id)
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert states(store, late) == [("_route", "succeeded", 1)]
+    assert recorder.calls == []
+
+
+async def test_a_404_after_idlehook_deleted_the_session_is_done(
+    store, engine, settings, client, sessions: Sessions
+) -> None:
+    """Routed before the session was deleted (here by a handler standing in for the reaper):
+    the handlers after it find nothing to fetch, which is not an error."""
+
+    class Reap:
+        name = "reap"
+
+        async def handle(self, ctx: HandlerContext) -> None:
+            await ctx.client.beta.sessions.delete(ctx.session_id)
+            await ctx.mark_session(deleted=True)
+
+    ours, theirs = sessions.finished(), sessions.finished()
+    registry = Registry([Reap(), ArchiveHandler()])
+    worker = Worker(store, registry, client, only(settings, "reap", "archive"))
+    ours_delivery = add_delivery(engine, TERMINATED, ours)
+    await run_until(worker, lambda: store.unfinished() == 0)
+    assert [s for _, s, _ in states(store, ours_delivery)] == ["succeeded"] * 3
+
+    # Deleted behind idlehook's back: the 404 is still an error.
+    sessions.api.beta.sessions.delete(theirs)
+    archive_only = Worker(store, registry, client, only(settings, "archive"))
+    theirs_delivery = add_delivery(engine, TERMINATED, theirs)
+    await run_until(archive_only, lambda: store.unfinished() == 0)
+    assert states(store, theirs_delivery)[1][:2] == ("archive", "dead")

@@ -37,16 +37,20 @@ def test_route_then_handlers_in_order_within_a_lane(store: RunStore, engine: Eng
     # The lane is busy: nothing else is claimable, not even the second delivery's routing.
     assert store.claim("w2", clock.now(), LEASE, limit=10) == []
 
-    assert store.complete_route(route.id, "w1", clock.now(), 1.0, ["archive", "log"])
+    assert store.complete_route(
+        route.id, "w1", clock.now(), 1.0, ["archive", "log"], attempt=route.attempts
+    )
     order = []
     while claimed := store.claim("w1", clock.now(), LEASE, limit=10):
         assert len(claimed) == 1  # one lane: never two at once
         run = claimed[0]
         order.append((run.delivery_id, run.handler))
         if run.handler == "_route":
-            assert store.complete_route(run.id, "w1", clock.now(), 1.0, ["log"])
+            assert store.complete_route(
+                run.id, "w1", clock.now(), 1.0, ["log"], attempt=run.attempts
+            )
         else:
-            assert store.succeed(run.id, "w1", clock.now(), 1.0)
+            assert store.succeed(run.id, "w1", clock.now(), 1.0, attempt=run.attempts)
     assert order == [(first, "archive"), (first, "log"), (second, "_route"), (second, "log")]
     assert [r.position for r in store.runs_for_delivery(first)] == [0, 1, 2]
     assert store.unfinished() == 0
@@ -56,7 +60,9 @@ def test_complete_route_is_idempotent_per_handler(store: RunStore, engine: Engin
     clock = Clock()
     delivery = add_delivery(engine, now=clock.now())
     [route] = store.claim("w1", clock.now(), LEASE)
-    assert store.complete_route(route.id, "w1", clock.now(), 1.0, ["log", "log", "_route"])
+    assert store.complete_route(
+        route.id, "w1", clock.now(), 1.0, ["log", "log", "_route"], attempt=route.attempts
+    )
     assert [r.handler for r in store.runs_for_delivery(delivery)] == ["_route", "log"]
 
 
@@ -77,13 +83,19 @@ def test_failed_run_blocks_its_lane_until_retried_and_dead_does_not(
     second = add_delivery(engine, session_id="sesn_a", now=clock.now())
     [run] = store.claim("w1", clock.now(), LEASE)
     retry_at = clock.now() + timedelta(seconds=10)
-    assert store.fail(run.id, "w1", clock.now(), "boom", retry_at, 1.0) is RunState.FAILED
+    assert (
+        store.fail(run.id, "w1", clock.now(), "boom", retry_at, 1.0, attempt=run.attempts)
+        is RunState.FAILED
+    )
     assert store.claim("w1", clock.now(), LEASE) == []  # not due, and it blocks the lane
 
     clock.advance(11)
     [again] = store.claim("w1", clock.now(), LEASE)
     assert (again.id, again.attempts) == (run.id, 2)
-    assert store.fail(again.id, "w1", clock.now(), "boom", None, 1.0) is RunState.DEAD
+    assert (
+        store.fail(again.id, "w1", clock.now(), "boom", None, 1.0, attempt=again.attempts)
+        is RunState.DEAD
+    )
     [next_one] = store.claim("w1", clock.now(), LEASE)
     assert next_one.delivery_id == second
     saved = store.get(run.id)
@@ -98,7 +110,9 @@ def test_expired_lease_is_rescued_and_the_old_completion_is_rejected(
     add_delivery(engine, now=clock.now())
     [run] = store.claim("dead-worker", clock.now(), LEASE)
     clock.advance(10)
-    assert store.renew(run.id, "dead-worker", clock.now(), LEASE)  # heartbeat: still ours
+    assert store.renew(
+        run.id, "dead-worker", clock.now(), LEASE, attempt=run.attempts
+    )  # heartbeat: still ours
     clock.advance(LEASE.total_seconds() - 1)
     assert store.claim("w2", clock.now(), LEASE) == []  # lease still live
     clock.advance(2)
@@ -106,13 +120,42 @@ def test_expired_lease_is_rescued_and_the_old_completion_is_rejected(
     assert (rescued.id, rescued.attempts) == (run.id, 2)
 
     # The first worker wakes up and tries to finish: every write is refused.
-    assert not store.renew(run.id, "dead-worker", clock.now(), LEASE)
-    assert not store.succeed(run.id, "dead-worker", clock.now(), 1.0)
-    assert not store.complete_route(run.id, "dead-worker", clock.now(), 1.0, ["log"])
-    assert store.fail(run.id, "dead-worker", clock.now(), "x", None, 1.0) is None
+    assert not store.renew(run.id, "dead-worker", clock.now(), LEASE, attempt=run.attempts)
+    assert not store.succeed(run.id, "dead-worker", clock.now(), 1.0, attempt=run.attempts)
+    assert not store.complete_route(
+        run.id, "dead-worker", clock.now(), 1.0, ["log"], attempt=run.attempts
+    )
+    assert (
+        store.fail(run.id, "dead-worker", clock.now(), "x", None, 1.0, attempt=run.attempts) is None
+    )
     assert store.get(run.id).lease_owner == "w2"
-    assert store.complete_route(rescued.id, "w2", clock.now(), 1.0, ["log"])
-    assert not store.succeed(rescued.id, "w2", clock.now(), 1.0)  # already finished
+    assert store.complete_route(
+        rescued.id, "w2", clock.now(), 1.0, ["log"], attempt=rescued.attempts
+    )
+    assert not store.succeed(
+        rescued.id, "w2", clock.now(), 1.0, attempt=rescued.attempts
+    )  # already finished
+
+
+def test_a_stale_attempt_of_the_same_owner_is_fenced_out(store: RunStore, engine: Engine) -> None:
+    """One worker id serves all of a worker's tasks: re-claiming its own expired run must still
+    shut out the attempt that let the lease lapse."""
+    clock = Clock()
+    add_delivery(engine, now=clock.now())
+    [stale] = store.claim("w", clock.now(), LEASE)
+    clock.advance(LEASE.total_seconds() + 1)
+    [live] = store.claim("w", clock.now(), LEASE)
+    assert (live.id, live.attempts) == (stale.id, 2)
+
+    assert not store.renew(stale.id, "w", clock.now(), LEASE, attempt=stale.attempts)
+    assert store.fail(stale.id, "w", clock.now(), "x", None, 1.0, attempt=stale.attempts) is None
+    assert not store.succeed(stale.id, "w", clock.now(), 1.0, attempt=stale.attempts)
+    assert not store.complete_route(stale.id, "w", clock.now(), 1.0, ["log"], attempt=1)
+    assert store.get(live.id).state == RunState.RUNNING.value
+
+    assert store.renew(live.id, "w", clock.now(), LEASE, attempt=live.attempts)
+    assert store.complete_route(live.id, "w", clock.now(), 1.0, ["log"], attempt=live.attempts)
+    assert store.get(live.id).state == RunState.SUCCEEDED.value
 
 
 def test_a_late_earlier_delivery_never_runs_beside_a_live_lease(
@@ -122,13 +165,15 @@ def test_a_late_earlier_delivery_never_runs_beside_a_live_lease(
     clock = Clock()
     delivery = add_delivery(engine, session_id="sesn_a", now=clock.now())
     [route] = store.claim("w1", clock.now(), LEASE)
-    assert store.complete_route(route.id, "w1", clock.now(), 1.0, ["archive"])
+    assert store.complete_route(
+        route.id, "w1", clock.now(), 1.0, ["archive"], attempt=route.attempts
+    )
     [archive] = store.claim("w1", clock.now(), LEASE)
     add_run(
         engine, delivery, "late", position=-1, lane="sesn_a", now=clock.now()
     )  # sorts before it
     assert store.claim("w2", clock.now(), LEASE) == []
-    assert store.succeed(archive.id, "w1", clock.now(), 1.0)
+    assert store.succeed(archive.id, "w1", clock.now(), 1.0, attempt=archive.attempts)
     [late] = store.claim("w2", clock.now(), LEASE)
     assert late.handler == "late"
 
@@ -139,10 +184,14 @@ def test_replay_filters_and_resets(store: RunStore, engine: Engine) -> None:
     for sid in ("sesn_a", "sesn_b"):
         add_delivery(engine, session_id=sid, now=clock.now())
         [route] = store.claim("w1", clock.now(), LEASE)
-        store.complete_route(route.id, "w1", clock.now(), 1.0, ["archive", "log"])
+        store.complete_route(
+            route.id, "w1", clock.now(), 1.0, ["archive", "log"], attempt=route.attempts
+        )
         for _ in range(2):
             [run] = store.claim("w1", clock.now(), LEASE)
-            store.fail(run.id, "w1", clock.now(), f"{run.handler} broke", None, 1.0)
+            store.fail(
+                run.id, "w1", clock.now(), f"{run.handler} broke", None, 1.0, attempt=run.attempts
+            )
             ids[(sid, run.handler)] = run.id
     status = store.status(dead_limit=3)
     assert status.runs_by_state == {"succeeded": 2, "dead": 4}
@@ -197,9 +246,11 @@ def test_concurrent_claimers_never_share_a_run_or_a_lane(store: RunStore, engine
                         active[run.lane] = 0
                     now = datetime.now(UTC)
                     if run.handler == "_route":
-                        assert store.complete_route(run.id, owner, now, 1.0, ["archive"])
+                        assert store.complete_route(
+                            run.id, owner, now, 1.0, ["archive"], attempt=run.attempts
+                        )
                     else:
-                        assert store.succeed(run.id, owner, now, 1.0)
+                        assert store.succeed(run.id, owner, now, 1.0, attempt=run.attempts)
         except BaseException as exc:
             errors.append(exc)
 
