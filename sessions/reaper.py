@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sessions import metrics
 from sessions.reap_io import Gate, OpenGate, PacedCalls, Snapshot
 from sessions.reap_policy import (
+    RESTING,
     Action,
     Block,
     Ownership,
@@ -33,9 +34,9 @@ from sessions.reap_policy import (
     ownership,
     saving_per_hour,
 )
-from sessions.session_view import SessionView, as_utc, view_of
+from sessions.session_view import SessionView, as_utc, saved_since, view_of
 from store import audit
-from store.models import ReaperAction, ReaperActionKind, utcnow
+from store.models import ReaperAction, ReaperActionKind, TrackedSession, utcnow
 
 log = structlog.get_logger(__name__)
 
@@ -163,10 +164,9 @@ class Reaper:
         tracked, pending = await asyncio.to_thread(self._store_facts, ids)
         candidates: list[Candidate] = []
         for session in sessions:
-            view = view_of(
-                session, tracked.get(session.id), pending_runs=pending.get(session.id, 0)
+            view, verdict = await self._judge(
+                session, tracked.get(session.id), pending.get(session.id, 0), now
             )
-            verdict = await self._judge(view, now)
             if verdict is None:
                 continue
             snapshot = await self.calls.snapshot(session)
@@ -174,18 +174,27 @@ class Reaper:
         log.info("reaper.planned", examined=len(sessions), candidates=len(candidates))
         return Plan(candidates, examined=len(sessions))
 
-    async def _judge(self, view: SessionView, now: datetime) -> Verdict | None:
-        # The store's stop reason may be a turn behind (or missing): for an idle session of
-        # ours, where it can decide the verdict or its reason, the event list has the truth.
+    async def _judge(
+        self, session: Any, row: TrackedSession | None, pending: int, now: datetime
+    ) -> tuple[SessionView, Verdict | None]:
+        view = view_of(session, row, pending_runs=pending)
+        # The store's stop reason may be a turn behind (or missing), and its saved marks may be
+        # an earlier turn's: for a resting session of ours the event list has the truth.
         if (
-            view.status == "idle"
+            view.status in RESTING
             and not excluded(view, self.policy)
             and ownership(view, self.policy) is Ownership.OURS
         ):
             latest = await self.calls.latest_status(view.id)
-            if latest is not None and latest.stop_reason is not None:
-                view = replace(view, stop_reason=latest.stop_reason)
-        return choose(view, self.policy, now)
+            if latest is not None:
+                view = view_of(
+                    session,
+                    row,
+                    pending_runs=pending,
+                    stop_reason=latest.stop_reason,
+                    rested_at=latest.at,
+                )
+        return view, choose(view, self.policy, now)
 
     def _store_facts(self, ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, int]]:
         return audit.tracked_sessions(self.engine, ids), audit.unfinished_runs(self.engine, ids)
@@ -260,10 +269,18 @@ class Reaper:
             session = await self._wait_until_resting(view.id)
             if session is None:
                 return outcomes  # still busy: the next run deletes it once idle
-            # Now idle: the same guards as any delete, with what the store knows by now.
+            # Now idle: the same guards as any delete, with what the store knows by now. The
+            # interrupt ended a turn, so only a save made after that covers the session.
+            latest = await self.calls.latest_status(view.id)
+            rested_at = latest.at if latest is not None else as_utc(session.updated_at)
             delete = Verdict(Action.DELETE, verdict.reason)
             idle = await self._refresh_guards(
-                replace(view, status=str(session.status), updated_at=as_utc(session.updated_at))
+                replace(
+                    view,
+                    status=str(session.status),
+                    updated_at=as_utc(session.updated_at),
+                    rested_at=rested_at,
+                )
             )
             block = blocker(idle, delete, self.policy)
             if block is not None:
@@ -328,8 +345,7 @@ class Reaper:
     async def _refresh_guards(self, view: SessionView) -> SessionView:
         """The store's side of a view, read again: handlers may have run since the plan."""
         tracked, pending = await asyncio.to_thread(self._store_facts, [view.id])
-        row = tracked.get(view.id)
-        saved = bool(row is not None and row.result_captured_at and row.transcript_saved_at)
+        saved = saved_since(tracked.get(view.id), view.rested_at)
         return replace(view, pending_runs=pending.get(view.id, 0), result_saved=saved)
 
     # -- recording -----------------------------------------------------------------------

@@ -10,8 +10,10 @@ transition, it writes one into the inbox, source "reconcile", with the determini
     rec_<session_id>_<status>_<transition time>
 
 so the same handlers run exactly as if the webhook had come, and a second sweep finds the id
-taken. The other order, synthetic first and the real webhook late, is settled in the routing
-step by `late_duplicate()`: the session's current transition already has a synthetic delivery.
+taken. Right before writing, it looks for a covering delivery again: the webhook may have come
+while the sweep ran. Twins can still happen (a webhook late after the synthetic, or landing
+between that look and the write); the routing step settles them with `late_duplicate()`, so
+only the first stored of the two runs handlers.
 
 Transitions younger than `settle` are left for the next sweep: their webhook may be in flight.
 """
@@ -150,7 +152,7 @@ class Reconciler:
             )
             for session in changed:
                 try:
-                    await self._settle(session, seen.get(session.id, []), now, report)
+                    await self._settle(session, seen.get(session.id, []), since, now, report)
                 except Exception as exc:  # one session's trouble must not stop the sweep
                     log.error(
                         "reconcile.session_failed", session_id=session.id, error=type(exc).__name__
@@ -176,6 +178,7 @@ class Reconciler:
         self,
         session: Any,
         seen: Sequence[audit.SeenDelivery],
+        since: datetime,
         now: datetime,
         report: SweepReport,
     ) -> None:
@@ -188,29 +191,18 @@ class Reconciler:
         at = latest.at if latest is not None and latest.status == status else updated
         if covers(seen, status, at) is not None:
             return
-        event_id = transition_event_id(session.id, status, at)
-        if await asyncio.to_thread(audit.delivery_exists, self.engine, event_id):
+        # `seen` is as old as the sweep: a webhook that committed since must not get a twin.
+        if await asyncio.to_thread(_delivered, self.engine, session.id, status, at, since):
             return
-        event_type = SYNTHETIC_TYPE[status]
-        delivery = NewDelivery(
-            event_id=event_id,
-            event_type=event_type,
-            resource_id=session.id,
-            session_id=session.id,
-            event_created_at=at,
-            received_at=now,
-            body=envelope(event_id, event_type, session.id, at),
-            headers={},
-            source=Source.RECONCILE,
-        )
+        delivery = synthetic_delivery(session.id, status, at, now)
         result = await asyncio.to_thread(self.inbox.ingest_sync, delivery)
         if result.new:
-            report.synthesised.append(event_id)
-            metrics.RECONCILE_SYNTHETIC.labels(event_type=event_type).inc()
+            report.synthesised.append(delivery.event_id)
+            metrics.RECONCILE_SYNTHETIC.labels(event_type=delivery.event_type).inc()
             log.warning(
                 "reconcile.synthesised",
                 session_id=session.id,
-                event_type=event_type,
+                event_type=delivery.event_type,
                 transition_at=at.isoformat(),
             )
 
@@ -231,6 +223,49 @@ class Reconciler:
             )
 
 
+def synthetic_delivery(session_id: str, status: str, at: datetime, now: datetime) -> NewDelivery:
+    """The delivery the reconciler writes for a missed transition to `status` at `at`."""
+    event_id = transition_event_id(session_id, status, at)
+    event_type = SYNTHETIC_TYPE[status]
+    return NewDelivery(
+        event_id=event_id,
+        event_type=event_type,
+        resource_id=session_id,
+        session_id=session_id,
+        event_created_at=at,
+        received_at=now,
+        body=envelope(event_id, event_type, session_id, at),
+        headers={},
+        source=Source.RECONCILE,
+    )
+
+
+def _delivered(engine: Engine, session_id: str, status: str, at: datetime, since: datetime) -> bool:
+    """Is the transition to `status` at `at` delivered by now, by us or by a webhook?
+
+    The same question the sweep asked of what it read at its start (`since` is its window).
+    """
+    if audit.delivery_exists(engine, transition_event_id(session_id, status, at)):
+        return True
+    fresh = audit.deliveries_since(engine, [session_id], MATCHING_TYPES[status], since)
+    return covers(fresh.get(session_id, []), status, at) is not None
+
+
+def _covered_before(engine: Engine, session_id: str, event_type: str, event_id: str) -> bool:
+    """Did a real webhook stored ahead of this synthetic delivery cover its transition?"""
+    synthetic = audit.seen_delivery(engine, event_id)
+    if synthetic is None or synthetic.event_created_at is None:
+        return False
+    status, at = STATUS_OF_TYPE[event_type], synthetic.event_created_at
+    seen = audit.deliveries_since(engine, [session_id], MATCHING_TYPES[status], at - CLOCK_SKEW)
+    earlier = [
+        d
+        for d in seen.get(session_id, [])
+        if d.source == str(Source.WEBHOOK) and d.id < synthetic.id
+    ]
+    return covers(earlier, status, at) is not None
+
+
 async def late_duplicate(
     client: AsyncAnthropic,
     engine: Engine,
@@ -241,15 +276,24 @@ async def late_duplicate(
     source: str,
     gate: Gate | None = None,
 ) -> bool:
-    """True when a real status webhook arrives for a state the reconciler already delivered.
+    """True when this status delivery has a twin stored ahead of it that covers the same state.
 
-    The routing step calls this for real (source "webhook") status deliveries and routes a
-    duplicate to no handlers. The session's current transition is read from the API; if a
-    synthetic delivery for exactly that transition exists, the state this webhook could make
-    the handlers see has already been handled (the webhook is thin, handlers read the current
-    session), so handling it again would run them twice.
+    The routing step calls this for every delivery and routes a duplicate to no handlers. Of
+    two twins, the first stored is routed first (one lane, in delivery order) and runs them.
+
+    A real webhook (source "webhook"): the session's current transition is read from the API;
+    if a synthetic delivery for exactly that transition was stored first, the state this
+    webhook could make the handlers see has been handled (the webhook is thin, handlers read
+    the current session), so handling it again would run them twice.
+
+    A synthetic one (source "reconcile"): a real webhook of the matching type, stored first,
+    already covers its transition (it came while the sweep was writing this one).
     """
-    if session_id is None or source != str(Source.WEBHOOK) or event_type not in ALL_MATCHING:
+    if session_id is None or event_type not in ALL_MATCHING:
+        return False
+    if source == str(Source.RECONCILE):
+        return await asyncio.to_thread(_covered_before, engine, session_id, event_type, event_id)
+    if source != str(Source.WEBHOOK):
         return False
     # Only a session the reconciler ever filled in can have a late twin: ask the store before
     # spending an API call, so the common path costs one indexed lookup.
@@ -263,4 +307,6 @@ async def late_duplicate(
         return False
     if transition_event_id(session_id, latest.status, latest.at) == event_id:
         return False
-    return await asyncio.to_thread(audit.harvested, engine, session_id, latest.status, latest.at)
+    return await asyncio.to_thread(
+        audit.harvested, engine, session_id, latest.status, latest.at, before=event_id
+    )

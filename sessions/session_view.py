@@ -27,9 +27,11 @@ class SessionView:
     # From the store: did we launch it, is its result saved, is handler work still queued.
     launched_by_us: bool = False
     launched_owner: str | None = None
-    result_saved: bool = False
+    result_saved: bool = False  # saved since `rested_at`: a previous turn's save does not count
     pending_runs: int = 0
     reap_requested: bool = False
+    # processed_at of the latest status event, when it was read from the event list.
+    rested_at: datetime | None = None
 
     @property
     def owner(self) -> str | None:
@@ -58,23 +60,38 @@ def as_utc(value: datetime | str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+def saved_since(tracked: TrackedSession | None, rested_at: datetime | None) -> bool:
+    """Are the result and transcript saved, and no older than the session's latest transition?
+
+    The marks are never cleared, so once turn 1 is archived they stay set through turn 2: only
+    a save at or after the latest status change (`rested_at`) covers what the session holds
+    now. Without a transition time (never read, or no status event yet) the marks alone decide.
+    """
+    if tracked is None or tracked.result_captured_at is None or tracked.transcript_saved_at is None:
+        return False
+    if rested_at is None:
+        return True
+    saved_at = min(as_utc(tracked.result_captured_at), as_utc(tracked.transcript_saved_at))
+    return saved_at >= rested_at
+
+
 def view_of(
     session: Any,
     tracked: TrackedSession | None = None,
     *,
     pending_runs: int = 0,
     stop_reason: str | None = None,
+    rested_at: datetime | None = None,
 ) -> SessionView:
     """Join an SDK session object with what the store knows about it.
 
-    `stop_reason`, when given, was read from the session's event list and wins over the
-    store's copy, which may predate the latest turn.
+    `stop_reason` and `rested_at`, when given, were read from the session's event list; the
+    stop reason wins over the store's copy, which may predate the latest turn.
     """
     metadata: dict[str, str] = {str(k): str(v) for k, v in (session.metadata or {}).items()}
     deadline = parse_rfc3339(metadata.get(DEADLINE_KEY))
     if deadline is None and tracked is not None:
         deadline = tracked.deadline
-    saved = bool(tracked is not None and tracked.result_captured_at and tracked.transcript_saved_at)
     return SessionView(
         id=session.id,
         status=str(session.status),
@@ -87,7 +104,8 @@ def view_of(
         deadline=deadline,
         launched_by_us=bool(tracked is not None and tracked.launched_by_us),
         launched_owner=tracked.owner if tracked is not None else None,
-        result_saved=saved,
+        result_saved=saved_since(tracked, rested_at),
         pending_runs=pending_runs,
         reap_requested=bool(tracked is not None and tracked.reap_requested_at is not None),
+        rested_at=rested_at,
     )

@@ -115,6 +115,13 @@ class SeenDelivery:
     source: str
     received_at: datetime
     event_created_at: datetime | None
+    id: int = 0  # the delivery's row id: one lane routes its deliveries in this order
+
+
+def _seen(d: Delivery) -> SeenDelivery:
+    return SeenDelivery(
+        d.event_id, d.event_type, d.source, d.received_at, d.event_created_at, d.id or 0
+    )
 
 
 def deliveries_since(
@@ -138,12 +145,14 @@ def deliveries_since(
             )
             for d in db.exec(query):
                 assert d.session_id is not None
-                found.setdefault(d.session_id, []).append(
-                    SeenDelivery(
-                        d.event_id, d.event_type, d.source, d.received_at, d.event_created_at
-                    )
-                )
+                found.setdefault(d.session_id, []).append(_seen(d))
     return found
+
+
+def seen_delivery(engine: Engine, event_id: str) -> SeenDelivery | None:
+    with Session(engine) as db:
+        row = db.exec(select(Delivery).where(Delivery.event_id == event_id)).first()
+        return _seen(row) if row is not None else None
 
 
 def transition_event_id(session_id: str, status: str, at: datetime) -> str:
@@ -155,9 +164,19 @@ def transition_event_id(session_id: str, status: str, at: datetime) -> str:
     return f"rec_{session_id}_{status}_{stamp}"
 
 
-def harvested(engine: Engine, session_id: str, status: str, at: datetime) -> bool:
-    """Did the reconciler already deliver this transition (so a late webhook is a duplicate)?"""
-    return delivery_exists(engine, transition_event_id(session_id, status, at))
+def harvested(
+    engine: Engine, session_id: str, status: str, at: datetime, *, before: str | None = None
+) -> bool:
+    """Did the reconciler already deliver this transition (so a late webhook is a duplicate)?
+
+    With `before` (an event id), only a synthetic delivery stored ahead of that one counts: of
+    two twins the first stored is routed first, and it is the one whose handlers run.
+    """
+    synthetic = seen_delivery(engine, transition_event_id(session_id, status, at))
+    if synthetic is None or before is None:
+        return synthetic is not None
+    later = seen_delivery(engine, before)
+    return later is None or synthetic.id < later.id
 
 
 def has_reconciled_delivery(engine: Engine, session_id: str) -> bool:

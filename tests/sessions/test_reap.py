@@ -10,6 +10,7 @@ from sqlmodel import Session
 from sessions.pacing import Pacer
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Reaper
+from sessions.reconciler import Reconciler
 from store import audit
 from store.engine import make_engine
 from store.models import ReaperActionKind, TrackedSession
@@ -17,11 +18,13 @@ from tests.sessions.reaping import (
     LONG_RUN,
     OWNER,
     emulator,
+    finish_runs,
     live_ids,
     mark_saved,
     new_session,
     past,
     pending_run,
+    poll,
     refusing_transport,
     track,
 )
@@ -272,6 +275,12 @@ async def test_running_past_deadline_is_interrupted_then_deleted_once_saved(api,
 
 
 async def test_interrupt_and_delete_in_one_run_when_it_idles_in_time(api, engine):
+    archived: list[str] = []
+
+    async def archive(session_id: str) -> None:
+        archived.append(session_id)
+
+    archiving = ReapPolicy(owner=OWNER, archive_before_delete=True)
     async with api.client() as client:
         session = await new_session(
             api,
@@ -280,14 +289,78 @@ async def test_interrupt_and_delete_in_one_run_when_it_idles_in_time(api, engine
             wait_for="running",
             metadata={"idlehook_deadline": past(5)},
         )
-        track(engine, session.id, saved=True)
-        report = await Reaper(client, engine, POLICY, interrupt_wait_seconds=5).run()
+        track(engine, session.id, saved=True)  # an earlier turn's save
+        report = await Reaper(
+            client, engine, archiving, archive=archive, interrupt_wait_seconds=5
+        ).run()
 
+    # The interrupted turn is newer than the save, so the reaper saves it before deleting.
+    assert archived == [session.id]
     assert [o.action for o in report.outcomes] == [
         ReaperActionKind.INTERRUPTED,
+        ReaperActionKind.ARCHIVED,
         ReaperActionKind.DELETED,
     ]
     assert session.id not in live_ids(api)
+
+
+async def test_a_save_before_the_interrupt_does_not_cover_the_interrupted_turn(api, engine):
+    async with api.client() as client:
+        session = await new_session(
+            api,
+            client,
+            run_seconds=LONG_RUN,
+            wait_for="running",
+            metadata={"idlehook_deadline": past(5)},
+        )
+        track(engine, session.id, saved=True)  # an earlier turn's save
+        report = await Reaper(client, engine, POLICY, interrupt_wait_seconds=5).run()
+
+    assert [(o.action, o.reason) for o in report.outcomes] == [
+        (ReaperActionKind.INTERRUPTED, "past_deadline"),
+        (ReaperActionKind.SKIPPED, "result_not_saved"),
+    ]
+    assert session.id in live_ids(api)
+
+
+async def test_a_turn_after_the_last_save_is_not_saved_until_reconciled_and_archived(api, engine):
+    eager = ReapPolicy(owner=OWNER, idle_for=timedelta(0))
+    async with api.client() as client:
+        session = await new_session(api, client)
+        track(engine, session.id, saved=True)  # turn 1 archived
+        # Turn 2 runs to idle, and its webhook is dropped: the store still says "saved".
+        api.emu.apply_config({"faults": {"drop_all": True}})
+        await client.beta.sessions.events.send(
+            session.id,
+            events=[{"type": "user.message", "content": [{"type": "text", "text": "more"}]}],
+        )
+        await poll(lambda: _idled_twice(api, session.id))
+
+        assert (await Reaper(client, engine, POLICY).run()).outcomes == []  # not "handled"
+        report = await Reaper(client, engine, eager).run()
+        assert [(o.action, o.reason) for o in report.outcomes] == [
+            (ReaperActionKind.SKIPPED, "result_not_saved")
+        ]
+        assert session.id in live_ids(api)
+
+        # The reconciler delivers turn 2's idle; until its handlers are done, hands off.
+        swept = await Reconciler(client, engine, settle=timedelta(0)).sweep()
+        assert len(swept.synthesised) == 1
+        blocked = await Reaper(client, engine, eager).run()
+        assert [o.reason for o in blocked.outcomes] == ["pending_handlers"]
+
+        finish_runs(engine, session.id)  # what the worker does: route, then archive...
+        mark_saved(engine, session.id)  # ...which saves turn 2
+        final = await Reaper(client, engine, POLICY).run()
+
+    assert [(o.action, o.reason) for o in final.outcomes] == [(ReaperActionKind.DELETED, "handled")]
+    assert session.id not in live_ids(api)
+
+
+async def _idled_twice(api, session_id: str) -> bool:
+    record = api.emu.store.sessions[session_id]
+    idles = [e for e in record.events if e["type"] == "session.status_idle"]
+    return len(idles) >= 2 and record.status == "idle"
 
 
 def test_pacing_keeps_deletes_under_the_rate_limit(sqlite_url):

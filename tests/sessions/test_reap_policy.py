@@ -18,7 +18,8 @@ from sessions.reap_policy import (
     ownership,
     saving_per_hour,
 )
-from sessions.session_view import SessionView
+from sessions.session_view import SessionView, saved_since
+from store.models import TrackedSession
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 POLICY = ReapPolicy(owner="me", exclude_metadata={"keep": "true"})
@@ -133,3 +134,15 @@ def test_saving_is_the_container_rate_for_deletes_only():
     priced = ReapPolicy(owner="me", container_usd_per_hour=0.5)
     assert saving_per_hour(view(), Verdict(Action.DELETE, Reason.HANDLED), priced) == 0.5
     assert saving_per_hour(view(), Verdict(Action.INTERRUPT, Reason.PAST_DEADLINE), priced) == 0
+
+
+def test_a_save_counts_only_if_made_since_the_latest_transition():
+    saved = TrackedSession(
+        id="sesn_1", result_captured_at=NOW, transcript_saved_at=NOW - timedelta(seconds=1)
+    )
+    assert saved_since(saved, NOW - timedelta(seconds=1))
+    assert not saved_since(saved, NOW)  # the transcript is a turn behind
+    assert not saved_since(saved, NOW + timedelta(minutes=1))
+    assert saved_since(saved, None)  # no transition read: the marks alone decide
+    assert not saved_since(TrackedSession(id="sesn_1", result_captured_at=NOW), None)
+    assert not saved_since(None, None)

@@ -1,6 +1,7 @@
 """The reconciler against the emulator and the real receiver on loopback, on SQLite and
 PostgreSQL: missed webhooks are delivered once, late ones are recognised as duplicates."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -19,7 +20,8 @@ from sqlmodel import Session, col, select
 
 from receiver.app import create_app
 from receiver.config import ReceiverConfig
-from sessions.reconciler import Reconciler, late_duplicate
+from sessions.reap_io import OpenGate
+from sessions.reconciler import Reconciler, late_duplicate, synthetic_delivery
 from store.audit import transition_event_id
 from store.engine import make_engine
 from store.inbox import Inbox
@@ -204,6 +206,70 @@ async def test_webhook_first_means_no_synthetic_delivery(world):
     assert world.deliveries("reconcile") == []
 
 
+class LateWebhookGate:
+    """An open gate that, on the sweep's second API call (after the list, so after the sweep
+    read which deliveries it has seen), first lets the dropped webhook in."""
+
+    def __init__(self, world: World, event: dict[str, Any]) -> None:
+        self.world, self.event = world, event
+        self.calls = 0
+        self.inner = OpenGate()
+
+    async def acquire(self, kind: str) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            await asyncio.to_thread(self.world.post_late, self.event)
+        await self.inner.acquire(kind)
+
+    def penalise(self, kind: str, retry_after_s: float) -> None:
+        self.inner.penalise(kind, retry_after_s)
+
+
+async def test_a_webhook_arriving_during_the_sweep_gets_no_synthetic_twin(world):
+    world.drop_webhooks(True)
+    async with world.api.client() as client:
+        session = await new_session(world.api, client)
+        [event] = await poll(lambda: _emitted(world, session.id))
+        world.drop_webhooks(False)
+        gate = LateWebhookGate(world, event)
+
+        report = await reconciler(world, client, gate=gate).sweep()
+
+    assert gate.calls >= 2  # the webhook did come in mid-sweep
+    assert event["id"] in {d.event_id for d in world.deliveries("webhook")}
+    assert report.synthesised == []
+    assert world.deliveries("reconcile") == []
+
+
+async def test_a_synthetic_twin_stored_after_the_real_webhook_routes_nothing(world):
+    # The webhook lands between the sweep's last look and its write: both are stored, the real
+    # one first. Routing runs the handlers once, for the real one.
+    world.drop_webhooks(True)
+    async with world.api.client() as client:
+        session = await new_session(world.api, client)
+        [event] = await poll(lambda: _emitted(world, session.id))
+        world.drop_webhooks(False)
+        world.post_late(event)
+        at = _idle_at(world, session.id)
+        world.inbox.ingest_sync(synthetic_delivery(session.id, "idle", at, datetime.now(UTC)))
+        [real] = [d for d in world.deliveries("webhook") if d.event_id == event["id"]]
+        [synthetic] = world.deliveries("reconcile")
+        assert real.id < synthetic.id
+
+        duplicate = {
+            d.source: await late_duplicate(
+                client,
+                world.engine,
+                session_id=d.session_id,
+                event_type=d.event_type,
+                event_id=d.event_id,
+                source=d.source,
+            )
+            for d in (real, synthetic)
+        }
+    assert duplicate == {"webhook": False, "reconcile": True}
+
+
 async def test_a_young_transition_waits_for_its_webhook(world):
     world.drop_webhooks(True)
     async with world.api.client() as client:
@@ -241,6 +307,10 @@ async def test_silence_alarm_when_sessions_change_but_no_webhook_comes(world):
         calm = await reconciler(world, client, silence_alarm=timedelta(minutes=5)).sweep()
     assert not calm.alarm
     assert sample("idlehook_webhook_silence_alarm") == 0
+
+
+async def _emitted(world: World, session_id: str) -> list[dict[str, Any]]:
+    return world.emitted(session_id, "session.status_idled")
 
 
 def _idle_at(world: World, session_id: str) -> datetime:
