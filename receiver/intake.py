@@ -37,8 +37,15 @@ MAX_KEPT_HEADER = 512
 MAX_HEADER_VALUE = 8192
 
 _JSON = [(b"content-type", b"application/json")]
-_STORED = b'{"status":"stored"}'
-_DUPLICATE = b'{"status":"duplicate"}'
+
+
+def _ready(body: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A 200's JSON body with its headers, encoded once."""
+    return body, [*_JSON, (b"content-length", str(len(body)).encode())]
+
+
+_STORED = _ready(b'{"status":"stored"}')
+_DUPLICATE = _ready(b'{"status":"duplicate"}')
 
 
 class WebhookIntake:
@@ -66,10 +73,11 @@ class WebhookIntake:
             body = await _read_body(headers, receive, self.config.max_body_bytes)
             if body is None:
                 return  # the client went away; nobody to answer
+            now = self.now()
             verified = verify(
-                body, headers, self.config.signing_keys, self.now(), self.config.timestamp_tolerance
+                body, headers, self.config.signing_keys, now, self.config.timestamp_tolerance
             )
-            metrics.KEY_MATCHES.labels(str(verified.key_index)).inc()
+            metrics.key_matched(verified.key_index)
             parsed = parse_event(body)
             event_type = type_label(parsed.event_type)
             delivery = NewDelivery(
@@ -78,7 +86,7 @@ class WebhookIntake:
                 resource_id=parsed.resource_id,
                 session_id=session_id_for(parsed.event_type, parsed.resource_id),
                 event_created_at=parsed.created_at,
-                received_at=self.now(),
+                received_at=now,
                 body=parsed.text,
                 headers={k: headers[k][:MAX_KEPT_HEADER] for k in KEPT_HEADERS if k in headers},
                 secret_index=verified.key_index,
@@ -94,7 +102,7 @@ class WebhookIntake:
         outcome = "stored" if result.new else "duplicate"
         if result.new and self.on_new is not None:
             self.on_new()
-        metrics.DELIVERIES.labels(event_type, outcome).inc()
+        metrics.delivered(event_type, outcome)
         log.info(
             "webhook.received",
             outcome=outcome,
@@ -103,7 +111,7 @@ class WebhookIntake:
             session_id=delivery.session_id,
             delivery_id=result.delivery_id,
         )
-        await _respond(send, 200, _STORED if result.new else _DUPLICATE)
+        await _respond_ready(send, _STORED if result.new else _DUPLICATE)
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
 
     async def _reject(self, send: Send, exc: ReceiverError, event_type: str) -> None:
@@ -154,6 +162,13 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
 
 def _error_body(reason: str) -> bytes:
     return json.dumps({"error": reason}).encode()
+
+
+async def _respond_ready(send: Send, ready: tuple[bytes, list[tuple[bytes, bytes]]]) -> None:
+    body, headers = ready
+    # A fresh list each time: ASGI middleware may append to a response's headers in place.
+    await send({"type": "http.response.start", "status": 200, "headers": headers.copy()})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _respond(

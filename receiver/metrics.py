@@ -4,6 +4,7 @@ Labels are bounded: event types outside the SDK's known set count as "other", re
 reasons are fixed tokens, key indexes are bounded by the configured keys.
 """
 
+import functools
 import threading
 from collections.abc import Callable, Iterator
 
@@ -44,6 +45,26 @@ ACK_SECONDS = Histogram(
     "Time from request start to the response, for answered webhook deliveries.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+
+# The webhook path counts every delivery; `labels()` re-validates and locks on each call, so
+# its children are looked up once per label set (the sets are bounded, see above).
+@functools.lru_cache(maxsize=512)
+def _delivery_counter(event_type: str, outcome: str) -> Counter:
+    return DELIVERIES.labels(event_type, outcome)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_counter(key_index: int) -> Counter:
+    return KEY_MATCHES.labels(str(key_index))
+
+
+def delivered(event_type: str, outcome: str) -> None:
+    _delivery_counter(event_type, outcome).inc()
+
+
+def key_matched(key_index: int) -> None:
+    _key_counter(key_index).inc()
 
 
 class InboxDepthCollector(Collector):

@@ -1,8 +1,10 @@
 """Did Anthropic send this? A multi-key Standard Webhooks check on the raw body, `now` injected.
 
 standardwebhooks' own `Webhook.verify` reads the wall clock and lets a bare ValueError escape on
-`webhook-signature: garbage`, so only its HMAC is used here; header parsing, the timestamp window
-and the constant-time comparison are ours, and every failure is a BadSignature with a reason.
+`webhook-signature: garbage`, so none of it is used here: the HMAC is its HMAC-SHA256 over
+`id.timestamp.body` (through hashlib's one-shot `hmac.digest`, a few times cheaper than an
+`hmac.HMAC` object per request); header parsing, the timestamp window and the constant-time
+comparison are ours, and every failure is a BadSignature with a reason.
 """
 
 import base64
@@ -12,8 +14,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-
-from standardwebhooks.webhooks import hmac_data
 
 from receiver.errors import BadSignature
 
@@ -81,7 +81,7 @@ def verify(
         raise BadSignature("no_signing_keys")
     signed = f"{msg_id}.{stamp}.".encode() + body
     for key in keys:
-        expected = hmac_data(key.secret, signed)
+        expected = hmac.digest(key.secret, signed, "sha256")
         # Check every candidate, matched or not, so timing says nothing about which one was close.
         matched = False
         for candidate in candidates:

@@ -16,9 +16,12 @@ batch); an updated row returns more. So "new" needs no second query and no diale
 
 import asyncio
 import contextlib
+import functools
+import json
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,6 +43,8 @@ log = structlog.get_logger(__name__)
 
 ROUTE_HANDLER = "_route"
 DEFAULT_MAX_BATCH = 256
+# Rows per multi-row statement on SQLite: 12 x 256 parameters, far below its limit of 32,766.
+_SQLITE_CHUNK = 256
 
 _deliveries: sa.Table = Delivery.__table__  # type: ignore[attr-defined]
 _runs: sa.Table = HandlerRun.__table__  # type: ignore[attr-defined]
@@ -219,9 +224,13 @@ class Inbox:
         firsts, extra = plan_batch(items)
         try:
             with self.engine.begin() as conn:
-                rows = _upsert_deliveries(conn, firsts, extra)
+                raw = conn.dialect.name == "sqlite"
+                upsert = _sqlite_upsert_deliveries if raw else _upsert_deliveries
+                rows = upsert(conn, firsts, extra)
                 fresh = [d for d in firsts if rows[d.event_id][1] == extra[d.event_id].count]
-                if fresh:
+                if fresh and raw:
+                    _sqlite_insert_runs(conn, [(rows[d.event_id][0], d) for d in fresh], now)
+                elif fresh:
                     conn.execute(
                         sa.insert(_runs),
                         [_routing_run(rows[d.event_id][0], d, now) for d in fresh],
@@ -299,6 +308,108 @@ def _upsert_deliveries(
     ).returning(_deliveries.c.id, _deliveries.c.event_id, _deliveries.c.duplicates)
     result = conn.execute(upsert, values)
     return {event_id: (row_id, dups) for row_id, event_id, dups in result}
+
+
+# SQLite runs the same upsert through the driver: SQLAlchemy's executemany + insertmanyvalues
+# machinery cost more CPU than SQLite's own work, on the one thread every request shares. The
+# SQL and the stored values are what SQLAlchemy would send (its DateTime text, its JSON).
+_DELIVERY_COLUMNS = (
+    "event_id, event_type, resource_id, session_id, event_created_at, received_at, source, body,"
+    " headers, secret_index, duplicates, last_duplicate_at"
+)
+_RUN_COLUMNS = (
+    "delivery_id, lane, position, handler, state, attempts, next_attempt_at, created_at, updated_at"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _values(width: int, count: int) -> str:
+    row = "(" + ", ".join(["?"] * width) + ")"
+    return ", ".join([row] * count)
+
+
+def _sqlite_upsert_sql(count: int) -> str:
+    return (
+        f"INSERT INTO deliveries ({_DELIVERY_COLUMNS}) VALUES {_values(12, count)}"  # noqa: S608 (placeholders only)
+        " ON CONFLICT (event_id) DO UPDATE SET"
+        " duplicates = deliveries.duplicates + excluded.duplicates + 1,"
+        " last_duplicate_at = coalesce(excluded.last_duplicate_at, excluded.received_at)"
+        " RETURNING id, event_id, duplicates"
+    )
+
+
+def _sqlite_time(value: datetime | None) -> str | None:
+    """UTCDateTime's naive UTC, in SQLAlchemy's SQLite DateTime text form."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_execute(conn: Connection, sql: str, params: list[Any]) -> list[Any]:
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        rows: list[Any] = cursor.execute(sql, params).fetchall()
+        return rows
+    except sqlite3.Error as exc:
+        # Wrapped as SQLAlchemy would, so outage/refusal handling sees the same exceptions.
+        raise sa.exc.DBAPIError.instance(
+            sql, None, exc, sqlite3.Error, dialect=conn.dialect
+        ) from exc
+    finally:
+        cursor.close()
+
+
+def _sqlite_params(rows: Sequence[Sequence[Any]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
+def _sqlite_upsert_deliveries(
+    conn: Connection, firsts: list[NewDelivery], extra: dict[str, Extra]
+) -> dict[str, tuple[int, int]]:
+    try:
+        values = [
+            (
+                d.event_id,
+                d.event_type,
+                d.resource_id,
+                d.session_id,
+                _sqlite_time(d.event_created_at),
+                _sqlite_time(d.received_at),
+                str(d.source),
+                d.body,
+                json.dumps(d.headers),
+                d.secret_index,
+                extra[d.event_id].count,
+                _sqlite_time(extra[d.event_id].last_at),
+            )
+            for d in firsts
+        ]
+    except ValueError as exc:
+        raise sa.exc.StatementError(str(exc), "INSERT INTO deliveries", None, exc) from exc
+    # One multi-row statement per batch size (prepared once, then cached by sqlite3), chunked
+    # so a statement stays well under SQLite's bound-parameter limit.
+    out: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(values), _SQLITE_CHUNK):
+        chunk = values[start : start + _SQLITE_CHUNK]
+        result = _sqlite_execute(conn, _sqlite_upsert_sql(len(chunk)), _sqlite_params(chunk))
+        out.update((event_id, (row_id, dups)) for row_id, event_id, dups in result)
+    return out
+
+
+def _sqlite_insert_runs(
+    conn: Connection, fresh: list[tuple[int, NewDelivery]], now: datetime
+) -> None:
+    stamp = _sqlite_time(now)
+    pending = str(RunState.PENDING)
+    values = [(i, d.lane, 0, ROUTE_HANDLER, pending, 0, stamp, stamp, stamp) for i, d in fresh]
+    for start in range(0, len(values), _SQLITE_CHUNK):
+        chunk = values[start : start + _SQLITE_CHUNK]
+        sql = f"INSERT INTO handler_runs ({_RUN_COLUMNS}) VALUES {_values(9, len(chunk))}"  # noqa: S608
+        _sqlite_execute(conn, sql, _sqlite_params(chunk))
 
 
 def _routing_run(delivery_id: int, d: NewDelivery, now: datetime) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from typing import Any
 import uvicorn
 
 from idlehook import wiring
+from idlehook.logs import configure_logging
 from store.engine import make_engine, migrate
 
 
@@ -31,6 +32,9 @@ def register(subparsers: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = wiring.settings_from_args(args)
+    # A long-lived server reconfigures nothing later, so its loggers may cache their pipeline
+    # (main() configures uncached for tests); every delivery logs a line, so this is hot.
+    configure_logging(json=True if args.log_json else settings.json_logs, cache=True)
     svc = wiring.service(settings, run_worker=not args.no_worker)
     try:
         uvicorn.run(
