@@ -225,8 +225,13 @@ class Inbox:
         try:
             with self.engine.begin() as conn:
                 raw = conn.dialect.name == "sqlite"
-                upsert = _sqlite_upsert_deliveries if raw else _upsert_deliveries
-                rows = upsert(conn, firsts, extra)
+                if raw:
+                    rows = _sqlite_upsert_deliveries(conn, firsts, extra)
+                else:
+                    # One global lock order: receivers upserting the same redelivered events in
+                    # different orders would otherwise deadlock and 503 both batches.
+                    ordered = sorted(firsts, key=lambda d: d.event_id)
+                    rows = _upsert_deliveries(conn, ordered, extra)
                 fresh = [d for d in firsts if rows[d.event_id][1] == extra[d.event_id].count]
                 if fresh and raw:
                     _sqlite_insert_runs(conn, [(rows[d.event_id][0], d) for d in fresh], now)

@@ -1,6 +1,7 @@
 """The inbox ingest path on SQLite and PostgreSQL: insert-if-new, routing runs, group commit."""
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -224,3 +225,40 @@ async def test_one_refused_row_does_not_fail_its_batch(postgres_url: str) -> Non
         inbox.close()
     assert isinstance(outcomes[1], StoreUnavailable)
     assert [o.new for o in (outcomes[0], outcomes[2]) if isinstance(o, IngestResult)] == [True] * 2
+
+
+@pytest.mark.postgres
+def test_receivers_upserting_the_same_events_in_opposite_orders_never_deadlock(
+    postgres_url: str,
+) -> None:
+    """Two receivers get one redelivered pair in opposite orders: both batches must commit."""
+    left, right = Inbox(make_engine(postgres_url)), Inbox(make_engine(postgres_url))
+    failures: list[BaseException] = []
+    try:
+        for round_ in range(15):
+            ids = [f"wevt_pair_{round_}_{n}" for n in range(40)]
+            barrier = threading.Barrier(2)
+
+            def write(inbox: Inbox, order: list[str], barrier: threading.Barrier) -> None:
+                barrier.wait()
+                try:
+                    inbox.write_batch([delivery(i) for i in order])
+                except BaseException as exc:
+                    failures.append(exc)
+
+            threads = [
+                threading.Thread(target=write, args=(left, ids, barrier)),
+                threading.Thread(target=write, args=(right, ids[::-1], barrier)),
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+        assert failures == []
+        with left.engine.connect() as conn:
+            stored = conn.execute(sa.text("select count(*) from deliveries")).scalar_one()
+            runs = conn.execute(sa.text("select count(*) from handler_runs")).scalar_one()
+        assert stored == runs == 15 * 40  # each event once, each routed once
+    finally:
+        left.close()
+        right.close()
