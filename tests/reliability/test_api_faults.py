@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx
 from sqlmodel import Session, select
 
-from emulator import Emulator, EmulatorConfig, create_emulator
+from emulator import Emulator
 from idlehook import wiring
-from idlehook.settings import ReaperSettings, ReconcileSettings, Settings, WorkerSettings
+from idlehook.settings import WorkerSettings
 from store.models import RunState, TrackedSession
-from tests.reliability.support import PATH, SECRET, TOKEN, StoreView
-from tests.support.servers import serve, wait_for
+from tests.reliability.support import SECRET, TOKEN, StoreView
+from tests.support.servers import wait_for
+from tests.support.stack import emulator_and_service
 
 FAULTS = {"error_429": 0.2, "error_5xx": 0.2, "slow_page_seconds": 2.0}
 
@@ -23,112 +23,77 @@ FAULTS = {"error_429": 0.2, "error_5xx": 0.2, "slow_page_seconds": 2.0}
 def test_handlers_and_reaper_ride_out_429_storms_5xx_and_slow_pages(
     db_url: str, tmp_path: Path
 ) -> None:
-    emu = Emulator(
-        EmulatorConfig(
-            speed=50,
-            run_seconds=5.0,
-            webhook_secrets=[SECRET],
-            rate_limits={"enabled": False},
-        )
-    )
     store = StoreView(db_url)
-    with serve(create_emulator(emulator=emu)) as api_url:
-        settings = Settings(
-            database_url=db_url,
-            results_dir=tmp_path / "results",
-            api_key="k",
-            base_url=api_url,
-            webhook_signing_keys=[SECRET],
-            api_token=TOKEN,
+    try:
+        with emulator_and_service(
+            db_url,
+            tmp_path,
+            secret=SECRET,
+            token=TOKEN,
             owner="faults",
+            emulator_config={"rate_limits": {"enabled": False}},
             worker=WorkerSettings(
                 poll_seconds=0.1, backoff_base_seconds=0.1, backoff_max_seconds=1.0, max_attempts=30
             ),
-            reaper=ReaperSettings(idle_for="0s"),
-            reconcile=ReconcileSettings(settle_seconds=0, interval_seconds=3600),
-            watchdog_seconds=3600,
-        )
-        svc = wiring.service(settings)
-        try:
-            with serve(svc.app, timeout_keep_alive=60) as receiver_url:
-                emu.apply_config({"webhook_urls": [receiver_url + PATH]})
-                client = anthropic.Anthropic(api_key="k", base_url=api_url, max_retries=5)
-                agent = client.beta.agents.create(name="f", model="claude-opus-4-7")
-                env = client.beta.environments.create(
-                    name="f", config={"type": "cloud", "networking": {"type": "limited"}}
-                )
-                ids = launch(receiver_url, agent.id, env.id, 4)
-                # The storm starts once the sessions exist: every fetch from here on may fail.
+        ) as running:
+            emu, settings, svc = running.emulator, running.settings, running.svc
+            client = running.client(max_retries=5)
+            agent, env = running.agent_and_environment("f", client)
+            ids = [
+                running.start_session(agent, env, f"job {i}", {"emulator_script": "tools"})
+                for i in range(4)
+            ]
+            # The storm starts once the sessions exist: every fetch from here on may fail.
+            emu.apply_config({"api_faults": FAULTS})
+
+            def archived(sid: str) -> bool:
+                return (settings.results_dir / sid / "result.json").exists()
+
+            wait_for(lambda: all(archived(s) for s in ids) and store.unfinished() == 0, 90)
+            injected = dict(emu.faults_injected)
+            assert sum(injected.values()) >= 3, injected  # the storm really hit
+
+            for sid in ids:
+                result = json.loads((settings.results_dir / sid / "result.json").read_text())
+                assert result["session_id"] == sid
+                lines = (settings.results_dir / sid / "events.jsonl").read_text().splitlines()
+                emu.apply_config({"api_faults": {"error_429": 0, "error_5xx": 0}})
+                listed = [e.id for e in client.beta.sessions.events.list(sid)]
                 emu.apply_config({"api_faults": FAULTS})
+                assert [json.loads(line)["id"] for line in lines] == listed  # complete
+            archive_runs = [r for r in store.runs("archive")]
+            assert len(archive_runs) == len(ids)
+            assert all(r.state == RunState.SUCCEEDED for r in archive_runs)
+            retried = sum(r.attempts - 1 for r in store.runs())
 
-                def archived(sid: str) -> bool:
-                    return (settings.results_dir / sid / "result.json").exists()
+            # The reaper, in the same storm: retries sweeps until every session is gone.
+            async def reap() -> Any:
+                async with wiring.api_client(settings, max_retries=2) as api:
+                    policy = wiring.reap_policy(settings, idle_for="0s")
+                    return await wiring.reaper(settings, svc.engine, api, policy).run()
 
-                wait_for(lambda: all(archived(s) for s in ids) and store.unfinished() == 0, 90)
-                injected = dict(emu.faults_injected)
-                assert sum(injected.values()) >= 3, injected  # the storm really hit
-
-                for sid in ids:
-                    result = json.loads((settings.results_dir / sid / "result.json").read_text())
-                    assert result["session_id"] == sid
-                    lines = (settings.results_dir / sid / "events.jsonl").read_text().splitlines()
-                    emu.apply_config({"api_faults": {"error_429": 0, "error_5xx": 0}})
-                    listed = [e.id for e in client.beta.sessions.events.list(sid)]
-                    emu.apply_config({"api_faults": FAULTS})
-                    assert [json.loads(line)["id"] for line in lines] == listed  # complete
-                archive_runs = [r for r in store.runs("archive")]
-                assert len(archive_runs) == len(ids)
-                assert all(r.state == RunState.SUCCEEDED for r in archive_runs)
-                retried = sum(r.attempts - 1 for r in store.runs())
-
-                # The reaper, in the same storm: retries sweeps until every session is gone.
-                async def reap() -> Any:
-                    async with wiring.api_client(settings, max_retries=2) as api:
-                        policy = wiring.reap_policy(settings, idle_for="0s")
-                        return await wiring.reaper(settings, svc.engine, api, policy).run()
-
-                sweeps = aborted = 0
-                while sweeps < 15 and not all(gone(client, emu, sid) for sid in ids):
-                    sweeps += 1
-                    try:
-                        asyncio.run(reap())
-                    except anthropic.APIStatusError:
-                        # A 5xx that outlasts the SDK's retries aborts the sweep before it
-                        # deletes anything; the service's Periodic runs the next one.
-                        aborted += 1
-                assert all(gone(client, emu, sid) for sid in ids)
-                with Session(svc.engine) as db:
-                    tracked = {t.id: t for t in db.exec(select(TrackedSession)).all()}
-                for sid in ids:
-                    # Deleted only after its result was saved, and recorded as deleted.
-                    assert tracked[sid].result_captured_at is not None
-                    assert tracked[sid].deleted_at is not None
-                print(
-                    f"injected={injected} retried_runs={retried}"
-                    f" reaper_sweeps={sweeps} aborted={aborted}"
-                )
-        finally:
-            svc.engine.dispose()
-            store.close()
-
-
-def launch(receiver_url: str, agent: str, environment: str, n: int) -> list[str]:
-    ids = []
-    for i in range(n):
-        response = httpx.post(
-            receiver_url + "/sessions",
-            headers={"authorization": f"Bearer {TOKEN}"},
-            json={
-                "agent": agent,
-                "environment": environment,
-                "message": f"job {i}",
-                "metadata": {"emulator_script": "tools"},
-            },
-            timeout=30,
-        )
-        assert response.status_code == 201, response.text
-        ids.append(response.json()["session_id"])
-    return ids
+            sweeps = aborted = 0
+            while sweeps < 15 and not all(gone(client, emu, sid) for sid in ids):
+                sweeps += 1
+                try:
+                    asyncio.run(reap())
+                except anthropic.APIStatusError:
+                    # A 5xx that outlasts the SDK's retries aborts the sweep before it
+                    # deletes anything; the service's Periodic runs the next one.
+                    aborted += 1
+            assert all(gone(client, emu, sid) for sid in ids)
+            with Session(svc.engine) as db:
+                tracked = {t.id: t for t in db.exec(select(TrackedSession)).all()}
+            for sid in ids:
+                # Deleted only after its result was saved, and recorded as deleted.
+                assert tracked[sid].result_captured_at is not None
+                assert tracked[sid].deleted_at is not None
+            print(
+                f"injected={injected} retried_runs={retried}"
+                f" reaper_sweeps={sweeps} aborted={aborted}"
+            )
+    finally:
+        store.close()
 
 
 def gone(client: anthropic.Anthropic, emu: Emulator, sid: str) -> bool:

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anthropic
 import httpx
 import pytest
 
@@ -49,9 +50,20 @@ def test_three_receivers_three_workers_process_each_event_once_in_session_order(
             receivers = [procs.serve(f"receiver{i}", env) for i in range(3)]
             workers = [procs.worker(f"worker{i}", env, "--concurrency", "4") for i in range(3)]
             sent: dict[str, list[str]] = {}
+            # Real sessions, idle in the emulator: the routing step fetches each one (an idle
+            # notification is checked for staleness) and must find it idle, not gone.
+            api = anthropic.Anthropic(api_key="k", base_url=api_url, max_retries=5)
+            agent = api.beta.agents.create(name="scale", model="claude-opus-4-7")
+            env_id = api.beta.environments.create(
+                name="scale", config={"type": "cloud", "networking": {"type": "limited"}}
+            ).id
+            ids = [
+                api.beta.sessions.create(agent=agent.id, environment_id=env_id).id
+                for _ in range(SESSIONS)
+            ]
 
             def flood(session: int) -> None:
-                sid = f"sesn_scale_{session}"
+                sid = ids[session]
                 sent[sid] = []
                 with httpx.Client(timeout=30) as http:
                     for n in range(EVENTS_PER_SESSION):
