@@ -9,7 +9,6 @@ import base64
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,45 +19,22 @@ import pytest
 from sqlmodel import Session, col, select
 from standardwebhooks import Webhook
 
-from emulator import Emulator, EmulatorConfig, create_emulator
 from idlehook import wiring
-from idlehook.settings import ReaperSettings, ReconcileSettings, Settings, WorkerSettings
 from store.models import Delivery, HandlerRun, RunState, Source
-from tests.support.servers import serve, wait_for
+from tests.support.servers import wait_for
+from tests.support.stack import WEBHOOK_PATH as PATH
+from tests.support.stack import Running, emulator_and_service
 
 SECRET = "whsec_" + base64.b64encode(b"E" * 32).decode()
 TOKEN = "e2e-management-token"
-PATH = "/webhooks/anthropic"
 
 
-@dataclass
-class Stack:
-    emulator: Emulator
-    emulator_url: str
-    receiver_url: str
-    settings: Settings
-    svc: wiring.Service
-
-    def client(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(api_key="k", base_url=self.emulator_url, max_retries=0)
-
+class Stack(Running):
     def launch(self, agent: str, environment: str, script: str, n: int) -> list[str]:
-        ids = []
-        for i in range(n):
-            response = httpx.post(
-                self.receiver_url + "/sessions",
-                headers={"authorization": f"Bearer {TOKEN}"},
-                json={
-                    "agent": agent,
-                    "environment": environment,
-                    "message": f"job {i}",
-                    "metadata": {"emulator_script": script},
-                },
-                timeout=30,
-            )
-            assert response.status_code == 201, response.text
-            ids.append(response.json()["session_id"])
-        return ids
+        return [
+            self.start_session(agent, environment, f"job {i}", {"emulator_script": script})
+            for i in range(n)
+        ]
 
     def runs(self, handler: str) -> list[tuple[str | None, str]]:
         with Session(self.svc.engine) as db:
@@ -88,38 +64,15 @@ class Stack:
 
 @contextmanager
 def stack(db_url: str, tmp_path: Path, **faults: Any) -> Iterator[Stack]:
-    emu = Emulator(
-        EmulatorConfig(speed=50, run_seconds=5.0, webhook_secrets=[SECRET], faults=faults)
-    )
-    with serve(create_emulator(emulator=emu)) as emulator_url:
-        settings = Settings(
-            database_url=db_url,
-            results_dir=tmp_path / "results",
-            api_key="k",
-            base_url=emulator_url,
-            webhook_signing_keys=[SECRET],
-            api_token=TOKEN,
-            owner="e2e",
-            worker=WorkerSettings(poll_seconds=0.1, backoff_base_seconds=0.1),
-            reaper=ReaperSettings(idle_for="0s"),
-            reconcile=ReconcileSettings(settle_seconds=0, interval_seconds=3600),
-            watchdog_seconds=3600,
-        )
-        svc = wiring.service(settings)
-        try:
-            with serve(svc.app, timeout_keep_alive=60) as receiver_url:
-                emu.apply_config({"webhook_urls": [receiver_url + PATH]})
-                yield Stack(emu, emulator_url, receiver_url, settings, svc)
-        finally:
-            svc.engine.dispose()
-
-
-def agent_and_environment(client: anthropic.Anthropic) -> tuple[str, str]:
-    agent = client.beta.agents.create(name="e2e", model="claude-opus-4-7")
-    env = client.beta.environments.create(
-        name="e2e", config={"type": "cloud", "networking": {"type": "limited"}}
-    )
-    return agent.id, env.id
+    with emulator_and_service(
+        db_url,
+        tmp_path,
+        secret=SECRET,
+        token=TOKEN,
+        owner="e2e",
+        emulator_config={"faults": faults},
+    ) as running:
+        yield running.view(Stack)
 
 
 def test_webhooks_drive_the_plugins_once_despite_duplicates_and_reordering(
@@ -127,7 +80,7 @@ def test_webhooks_drive_the_plugins_once_despite_duplicates_and_reordering(
 ) -> None:
     with stack(db_url, tmp_path, duplicate=0.6, reorder_window=3) as s:
         client = s.client()
-        agent, env = agent_and_environment(client)
+        agent, env = s.agent_and_environment("e2e", client)
         finished = s.launch(agent, env, "tools", 4)
         failed = s.launch(agent, env, "terminate", 1)
         waiting = s.launch(agent, env, "requires_action", 1)
@@ -161,7 +114,7 @@ def test_dropped_webhooks_are_reconciled_once_late_ones_ignored_then_reaped(
 ) -> None:
     with stack(db_url, tmp_path, drop_all=True) as s:
         client = s.client()
-        agent, env = agent_and_environment(client)
+        agent, env = s.agent_and_environment("e2e", client)
         ids = s.launch(agent, env, "end_turn", 3)
 
         def idled(sid: str) -> list[dict[str, Any]]:

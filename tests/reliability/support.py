@@ -319,16 +319,7 @@ __all__ = ["wait_for"]
 @contextmanager
 def emulator(**config: Any) -> Iterator[tuple[Any, str]]:
     """The in-process emulator on loopback: (Emulator, base URL)."""
-    from emulator import Emulator, EmulatorConfig, create_emulator
-    from tests.support.servers import serve
+    from tests.support.stack import emulator as on_loopback
 
-    settings: dict[str, Any] = {
-        "speed": 50,
-        "run_seconds": 5.0,
-        "webhook_secrets": [SECRET],
-        "rate_limits": {"enabled": False},
-    }
-    settings.update(config)
-    emu = Emulator(EmulatorConfig.model_validate(settings))
-    with serve(create_emulator(emulator=emu), timeout_keep_alive=60) as url:
-        yield emu, url
+    with on_loopback(SECRET, **{"rate_limits": {"enabled": False}, **config}) as running:
+        yield running

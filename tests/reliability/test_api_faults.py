@@ -31,7 +31,9 @@ def test_handlers_and_reaper_ride_out_429_storms_5xx_and_slow_pages(
             secret=SECRET,
             token=TOKEN,
             owner="faults",
-            emulator_config={"rate_limits": {"enabled": False}},
+            # Turns last 100 emulated seconds (2 s real): the storm below is on before any
+            # session idles, so every fetch the handlers make may fail.
+            emulator_config={"rate_limits": {"enabled": False}, "run_seconds": 100.0},
             worker=WorkerSettings(
                 poll_seconds=0.1, backoff_base_seconds=0.1, backoff_max_seconds=1.0, max_attempts=30
             ),

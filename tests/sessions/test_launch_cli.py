@@ -4,35 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
-import structlog
 
 from idlehook.cli import main
-from tests.sessions.test_launch_helpers import API_KEY, world
+from tests.support import cli
 
-
-@pytest.fixture(autouse=True)
-def _logging_back_to_defaults():
-    # The CLI configures structlog onto this test's captured stderr, closed after the test.
-    yield
-    structlog.reset_defaults()
-
-
-@pytest.fixture
-def w():
-    with world() as running:
-        yield running
-
-
-@pytest.fixture
-def config(tmp_path: Path, sqlite_url: str, w) -> Path:
-    path = tmp_path / "idlehook.toml"
-    path.write_text(
-        f'database_url = "{sqlite_url}"\n'
-        f'base_url = "{w.url}"\n'
-        f'api_key = "{API_KEY}"\n'
-        'owner = "cli-tests"\n'
-    )
-    return path
+_logging_back_to_defaults = cli.logging_back_to_defaults
+w = cli.w
+config = cli.config_fixture("cli-tests")
 
 
 def run(config: Path, *args: str) -> int:

@@ -5,36 +5,14 @@ import io
 import json
 from pathlib import Path
 
-import pytest
-import structlog
 from rich.console import Console
 
 from idlehook.cli import main, progress
-from tests.sessions.test_launch_helpers import API_KEY, world
+from tests.support import cli
 
-
-@pytest.fixture(autouse=True)
-def _logging_back_to_defaults():
-    yield
-    structlog.reset_defaults()
-
-
-@pytest.fixture
-def w():
-    with world() as running:
-        yield running
-
-
-@pytest.fixture
-def config(tmp_path: Path, sqlite_url: str, w) -> Path:
-    path = tmp_path / "idlehook.toml"
-    path.write_text(
-        f'database_url = "{sqlite_url}"\n'
-        f'base_url = "{w.url}"\n'
-        f'api_key = "{API_KEY}"\n'
-        'owner = "cli-output"\n'
-    )
-    return path
+_logging_back_to_defaults = cli.logging_back_to_defaults
+w = cli.w
+config = cli.config_fixture("cli-output")
 
 
 def batch_file(tmp_path: Path, w, n: int, prefix: str) -> Path:

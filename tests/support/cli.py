@@ -1,0 +1,41 @@
+"""Fixtures for tests that run `idlehook` commands in-process against the emulator.
+
+A test module takes them by assignment (`w = cli.w`), so pytest collects them there and only
+there; `config_fixture(owner)` makes the `config` fixture for that module's owner."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from tests.sessions.test_launch_helpers import API_KEY, World, world
+
+
+@pytest.fixture(autouse=True)
+def logging_back_to_defaults() -> Iterator[None]:
+    # The CLI configures structlog onto this test's captured stderr, closed after the test.
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture
+def w() -> Iterator[World]:
+    with world() as running:
+        yield running
+
+
+def config_fixture(owner: str) -> Any:
+    @pytest.fixture
+    def config(tmp_path: Path, sqlite_url: str, w: World) -> Path:
+        path = tmp_path / "idlehook.toml"
+        path.write_text(
+            f'database_url = "{sqlite_url}"\n'
+            f'base_url = "{w.url}"\n'
+            f'api_key = "{API_KEY}"\n'
+            f'owner = "{owner}"\n'
+        )
+        return path
+
+    return config
