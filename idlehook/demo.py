@@ -10,6 +10,7 @@ each check is a fact the run must establish; the exit code says whether all held
 import asyncio
 import base64
 import contextlib
+import random
 import secrets
 import socket
 import time
@@ -188,7 +189,10 @@ async def run_demo(
             webhook_urls=[f"http://127.0.0.1:{receiver_port}{WEBHOOK_PATH}"],
             webhook_secrets=[secret],
             faults={"duplicate": duplicate},
-        )
+        ),
+        # Seeded: the injected duplicates are the same from run to run, so the demo's check
+        # that some were suppressed does not hang on luck.
+        rng=random.Random(11),
     )
     async with _serving(create_emulator(emulator=emulator)) as emulator_url:
         settings = demo_settings(data_dir, emulator_url, secret)
