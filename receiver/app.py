@@ -8,7 +8,7 @@ mounts) is plain Starlette. The lifespan starts and stops the inbox's batch writ
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
+from datetime import datetime
 
 import structlog
 from starlette.applications import Starlette
@@ -22,14 +22,11 @@ from receiver import metrics, ops
 from receiver.config import ReceiverConfig
 from receiver.intake import WebhookIntake
 from store.inbox import Inbox
+from store.models import utcnow
 
 log = structlog.get_logger(__name__)
 
 ExtraLifespan = Callable[["ReceiverApp"], AbstractAsyncContextManager[None]]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class ReceiverApp(Starlette):
@@ -54,7 +51,7 @@ def create_app(
     config: ReceiverConfig,
     inbox: Inbox,
     *,
-    now: Callable[[], datetime] = _utcnow,
+    now: Callable[[], datetime] = utcnow,
     routes: Sequence[BaseRoute] = (),
     lifespan: ExtraLifespan | None = None,
     on_new: Callable[[], None] | None = None,

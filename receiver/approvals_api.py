@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from handlers.tools.confirm import NotFound, settle
 from receiver.auth import authorised
+from receiver.errors import json_error
 from store import approvals
 from store.approvals import ApprovalView, Decision, PendingApproval
 from store.models import utcnow
@@ -30,10 +31,6 @@ log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_MESSAGE_CHARS = 4000
-
-
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status)
 
 
 def pending_json(p: PendingApproval) -> dict[str, Any]:
@@ -84,35 +81,35 @@ def approvals_routes(
 ) -> list[Route]:
     async def listing(request: Request) -> Response:
         if not authorised(request, api_token):
-            return _error(401, "unauthorized", "send Authorization: Bearer <api_token>")
+            return json_error(401, "unauthorized", "send Authorization: Bearer <api_token>")
         session_id = request.query_params.get("session_id") or None
         rows = await run_in_threadpool(approvals.list_pending, engine, session_id)
         return JSONResponse({"data": [pending_json(p) for p in rows]})
 
     async def decide(request: Request) -> Response:
         if not authorised(request, api_token):
-            return _error(401, "unauthorized", "send Authorization: Bearer <api_token>")
+            return json_error(401, "unauthorized", "send Authorization: Bearer <api_token>")
         try:
             approval_id = int(request.path_params["approval_id"])
         except ValueError:
-            return _error(404, "not_found", "no such approval")
+            return json_error(404, "not_found", "no such approval")
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
-            return _error(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+            return json_error(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
         try:
             body = json.loads(raw or b"null")
         except ValueError:
-            return _error(400, "invalid_request", "body is not valid JSON")
+            return json_error(400, "invalid_request", "body is not valid JSON")
         try:
             decision, message = parse_decision(body)
         except ValueError as exc:
-            return _error(400, "invalid_request", str(exc))
+            return json_error(400, "invalid_request", str(exc))
         try:
             settled = await settle(
                 engine, client, approval_id, decision, message=message, by="http", now=now()
             )
         except NotFound:
-            return _error(404, "not_found", f"no approval {approval_id}")
+            return json_error(404, "not_found", f"no approval {approval_id}")
         view = approval_json(settled.approval)
         log.info(
             "api.approval",

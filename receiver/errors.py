@@ -1,8 +1,15 @@
 """ReceiverError: everything the webhook edge refuses, with its HTTP status on the class.
 
 `reason` is a short, fixed token (never request data): it is the JSON error body, the log
-field and the metric label alike.
+field and the metric label alike. `json_error` is the management endpoints' error body.
 """
+
+from starlette.responses import JSONResponse
+
+
+def json_error(status: int, error: str, message: str) -> JSONResponse:
+    """A fixed token for programs and a sentence for the person reading it."""
+    return JSONResponse({"error": error, "message": message}, status_code=status)
 
 
 class ReceiverError(Exception):

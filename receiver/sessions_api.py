@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.auth import authorised
+from receiver.errors import json_error
 from sessions.launcher import (
     InvalidLaunch,
     Launcher,
@@ -33,10 +34,6 @@ log = structlog.get_logger(__name__)
 MAX_BODY_BYTES = 256 * 1024
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status)
-
-
 def sessions_routes(
     launcher: Launcher,
     api_token: SecretStr | None,
@@ -48,19 +45,19 @@ def sessions_routes(
 
     async def launch(request: Request) -> Response:
         if not authorised(request, api_token):
-            return _error(401, "unauthorized", "send Authorization: Bearer <api_token>")
+            return json_error(401, "unauthorized", "send Authorization: Bearer <api_token>")
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
-            return _error(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+            return json_error(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
         try:
             body = json.loads(raw or b"null")
         except ValueError:
-            return _error(400, "invalid_request", "body is not valid JSON")
+            return json_error(400, "invalid_request", "body is not valid JSON")
         if not isinstance(body, dict):
-            return _error(400, "invalid_request", "body must be a JSON object")
+            return json_error(400, "invalid_request", "body must be a JSON object")
         queue = body.pop("queue", False)
         if not isinstance(queue, bool):
-            return _error(400, "invalid_request", "queue: must be true or false")
+            return json_error(400, "invalid_request", "queue: must be true or false")
         try:
             launch_request = LaunchRequest.parse(body)
             if queue:
@@ -68,22 +65,22 @@ def sessions_routes(
             else:
                 result = await launcher.start(launch_request, wait_seconds=wait_seconds)
         except InvalidLaunch as exc:
-            return _error(400, "invalid_request", str(exc))
+            return json_error(400, "invalid_request", str(exc))
         except LaunchError as exc:
-            return _error(400, "launch_rejected", str(exc))
+            return json_error(400, "launch_rejected", str(exc))
         status = 201 if result.state == "created" else 202
         log.info("api.launch", launch_id=result.launch_id, state=result.state, new=result.new)
         return JSONResponse(result.to_json(), status_code=status)
 
     async def listing(request: Request) -> Response:
         if not authorised(request, api_token):
-            return _error(401, "unauthorized", "send Authorization: Bearer <api_token>")
+            return json_error(401, "unauthorized", "send Authorization: Bearer <api_token>")
         try:
             limit = int(request.query_params.get("limit", "100"))
         except ValueError:
-            return _error(400, "invalid_request", "limit: expected an integer")
+            return json_error(400, "invalid_request", "limit: expected an integer")
         if not 1 <= limit <= 1000:
-            return _error(400, "invalid_request", "limit: 1 to 1000")
+            return json_error(400, "invalid_request", "limit: 1 to 1000")
         rows = await asyncio.to_thread(launcher.store.tracked, limit)
         moment: datetime = now()
         return JSONResponse({"data": [describe_tracked(r, moment) for r in rows]})

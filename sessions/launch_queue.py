@@ -8,7 +8,7 @@ the launcher, a bounded number at a time; the shared pacer, not the drainer, kee
 import asyncio
 import random
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -17,6 +17,7 @@ import anthropic
 import sqlalchemy.exc
 import structlog
 
+from sessions.retry_after import retry_after_seconds
 from store.models import Launch, utcnow
 
 if TYPE_CHECKING:
@@ -39,20 +40,6 @@ class Decision:
     # Our own store failed, not the launch: it neither counts as an attempt nor ends the launch
     # (if the store stays down, the lease runs out and the launch is claimed again later).
     store_error: bool = False
-
-
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """`retry-after-ms`, else `retry-after` in seconds; None when absent or unparseable."""
-    lowered = {k.lower(): v for k, v in headers.items()}
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        raw = lowered.get(name)
-        if raw is None:
-            continue
-        try:
-            return max(0.0, float(raw) * scale)
-        except ValueError:
-            continue  # an HTTP date: rare enough to fall back to our own backoff
-    return None
 
 
 def decide(exc: Exception, *, sent: bool) -> Decision:

@@ -15,6 +15,7 @@ import anthropic
 import structlog
 from anthropic import AsyncAnthropic
 
+from sessions.retry_after import retry_after_seconds
 from sessions.session_view import as_utc
 
 log = structlog.get_logger(__name__)
@@ -76,17 +77,9 @@ class Snapshot:
     last_event_id: str | None
 
 
-def retry_after_seconds(exc: anthropic.APIStatusError) -> float:
-    headers = exc.response.headers
-    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        raw = headers.get(name)
-        if raw is None:
-            continue
-        try:
-            return max(0.0, float(raw) * scale)
-        except ValueError:
-            continue  # an HTTP date: rare from this API, fall back to the default
-    return DEFAULT_RETRY_AFTER_S
+def wait_seconds(exc: anthropic.APIStatusError) -> float:
+    asked = retry_after_seconds(exc.response.headers)
+    return DEFAULT_RETRY_AFTER_S if asked is None else asked
 
 
 class PacedCalls:
@@ -107,7 +100,7 @@ class PacedCalls:
                 attempt += 1
                 if attempt > self.max_rate_retries:
                     raise
-                wait = retry_after_seconds(exc)
+                wait = wait_seconds(exc)
                 log.warning("api.rate_limited", retry_after_s=wait, attempt=attempt)
                 self.gate.penalise(READ, wait)
 
