@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+import structlog
 
 from store.engine import make_engine
 from store.inbox import (
@@ -167,6 +168,40 @@ async def test_concurrent_ingests_are_group_committed(db_url: str, db: sa.Engine
 async def test_ingest_starts_the_writer_on_demand(inbox: Inbox) -> None:
     assert (await inbox.ingest(delivery("lazy"))).new
     await inbox.stop()
+
+
+async def test_each_commit_logs_one_line_naming_its_events(inbox: Inbox) -> None:
+    ids = [f"wevt_{i % 40}" for i in range(60)]  # the first 20 twice
+    with structlog.testing.capture_logs() as logs:
+        results = await asyncio.gather(*(inbox.ingest(delivery(i)) for i in ids))
+        await inbox.stop()
+    lines = [entry for entry in logs if entry["event"] == "inbox.committed"]
+    assert 1 <= len(lines) < len(ids)  # group commits, not a line per delivery
+    stored = [event_id for line in lines for event_id in line["stored"]]
+    duplicate = [event_id for line in lines for event_id in line["duplicate"]]
+    assert sorted(stored) == sorted(set(ids))
+    assert sorted(duplicate) == sorted(ids[40:])
+    assert sum(r.new for r in results) == 40
+    assert not [entry for entry in logs if entry["event"] == "webhook.received"]
+
+
+async def test_stop_answers_everything_queued_before_it(inbox: Inbox, db: sa.Engine) -> None:
+    pending = [asyncio.ensure_future(inbox.ingest(delivery(f"wevt_{i}"))) for i in range(50)]
+    await asyncio.sleep(0)  # every ingest has queued its delivery
+    await inbox.stop()
+    assert all(task.done() for task in pending)
+    assert sum(task.result().new for task in pending) == 50
+    assert len(rows(db, "SELECT id FROM deliveries")) == 50
+    # A stopped inbox starts again on the next delivery.
+    assert (await inbox.ingest(delivery("wevt_after"))).new
+
+
+async def test_writer_thread_is_gone_after_stop(inbox: Inbox) -> None:
+    before = set(threading.enumerate())
+    await inbox.ingest(delivery("wevt_1"))
+    [writer] = [t for t in set(threading.enumerate()) - before if t.name == "inbox-writer"]
+    await inbox.stop()
+    assert not writer.is_alive()
 
 
 def test_depth_counts_unfinished_runs(inbox: Inbox, db: sa.Engine) -> None:
