@@ -6,6 +6,7 @@
 """
 
 import argparse
+import gc
 from typing import Any
 
 import uvicorn
@@ -55,7 +56,9 @@ def idlehook(database_url: str, emulator_url: str | None) -> Any:
         api_key="bench",
         base_url=emulator_url,
     )
-    return wiring.service(settings, run_worker=False).app
+    app = wiring.service(settings, run_worker=False).app
+    gc.freeze()  # as `idlehook serve` does
+    return app
 
 
 def main() -> None:
