@@ -152,13 +152,29 @@ class PacedCalls:
         event = await self.latest_event(session_id, STATUS_EVENT_TYPES)
         return status_event_of(event) if event is not None else None
 
-    async def snapshot(self, session: Any) -> Snapshot:
-        event = await self.latest_event(session.id)
-        return Snapshot(
-            status=str(session.status),
-            updated_at=as_utc(session.updated_at),
-            last_event_id=getattr(event, "id", None),
-        )
+    async def latest_status_from(self, session_id: str, latest: Any | None) -> StatusEvent | None:
+        """The latest status change, given the latest event: no call when that event is one."""
+        if latest is None:
+            return None  # no events at all, so no status event either
+        status = status_event_of(latest)
+        return status if status is not None else await self.latest_status(session_id)
+
+    async def snapshot(self, session: Any, latest: Any | None = None) -> Snapshot:
+        """`latest`, the session's latest event if already read; else it is read here."""
+        event = latest if latest is not None else await self.latest_event(session.id)
+        return snapshot_of(session, event)
+
+    async def last_event_id(self, session_id: str) -> str | None:
+        event = await self.latest_event(session_id)
+        return getattr(event, "id", None)
+
+
+def snapshot_of(session: Any, latest: Any | None) -> Snapshot:
+    return Snapshot(
+        status=str(session.status),
+        updated_at=as_utc(session.updated_at),
+        last_event_id=getattr(latest, "id", None),
+    )
 
 
 def status_event_of(event: Any) -> StatusEvent | None:

@@ -164,20 +164,22 @@ class Reaper:
         tracked, pending = await asyncio.to_thread(self._store_facts, ids)
         candidates: list[Candidate] = []
         for session in sessions:
-            view, verdict = await self._judge(
+            view, verdict, latest = await self._judge(
                 session, tracked.get(session.id), pending.get(session.id, 0), now
             )
             if verdict is None:
                 continue
-            snapshot = await self.calls.snapshot(session)
+            snapshot = await self.calls.snapshot(session, latest)
             candidates.append(Candidate(view, verdict, snapshot))
         log.info("reaper.planned", examined=len(sessions), candidates=len(candidates))
         return Plan(candidates, examined=len(sessions))
 
     async def _judge(
         self, session: Any, row: TrackedSession | None, pending: int, now: datetime
-    ) -> tuple[SessionView, Verdict | None]:
+    ) -> tuple[SessionView, Verdict | None, Any | None]:
+        """The view, the verdict, and the latest event if it was read on the way."""
         view = view_of(session, row, pending_runs=pending)
+        latest_event = None
         # The store's stop reason may be a turn behind (or missing), and its saved marks may be
         # an earlier turn's: for a resting session of ours the event list has the truth.
         if (
@@ -185,7 +187,10 @@ class Reaper:
             and not excluded(view, self.policy)
             and ownership(view, self.policy) is Ownership.OURS
         ):
-            latest = await self.calls.latest_status(view.id)
+            # One read serves both the status check and the snapshot: a resting session's
+            # latest event is nearly always its status event.
+            latest_event = await self.calls.latest_event(view.id)
+            latest = await self.calls.latest_status_from(view.id, latest_event)
             if latest is not None:
                 view = view_of(
                     session,
@@ -194,7 +199,7 @@ class Reaper:
                     stop_reason=latest.stop_reason,
                     rested_at=latest.at,
                 )
-        return view, choose(view, self.policy, now)
+        return view, choose(view, self.policy, now), latest_event
 
     def _store_facts(self, ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, int]]:
         return audit.tracked_sessions(self.engine, ids), audit.unfinished_runs(self.engine, ids)
@@ -238,11 +243,16 @@ class Reaper:
         if dry_run:
             return self._preview(view, verdict)
         try:
-            session = await self.calls.retrieve(view.id)
-            if await self.calls.snapshot(session) != candidate.snapshot:
-                return [self._outcome(view, ReaperActionKind.SKIPPED, Block.CHANGED, False)]
             if verdict.action is Action.INTERRUPT:
+                session = await self.calls.retrieve(view.id)
+                if await self.calls.snapshot(session) != candidate.snapshot:
+                    return [self._outcome(view, ReaperActionKind.SKIPPED, Block.CHANGED, False)]
                 return await self._interrupt_then_delete(view, verdict)
+            # Whatever changes a resting session adds an event to it (a new turn its user and
+            # status events, an update its `session.updated`), so an unchanged latest event id
+            # is an unchanged session: one call where a retrieve plus an event read were two.
+            if await self.calls.last_event_id(view.id) != candidate.snapshot.last_event_id:
+                return [self._outcome(view, ReaperActionKind.SKIPPED, Block.CHANGED, False)]
             return await self._archive_and_delete(view, verdict)
         except anthropic.NotFoundError:
             await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())

@@ -197,6 +197,27 @@ async def test_dry_run_deletes_nothing_and_audits_what_it_would_do(api, engine):
     assert all(deleted_at(engine, s.id) is None for s in sessions)
 
 
+async def test_a_saved_idle_session_costs_three_calls_to_delete(api, engine):
+    async with api.client() as client:
+        sessions = [await new_session(api, client) for _ in range(3)]
+        for session in sessions:
+            track(engine, session.id, saved=True)
+        routes = (
+            "GET /v1/sessions/{id}/events",
+            "GET /v1/sessions/{id}",
+            "DELETE /v1/sessions/{id}",
+        )
+        before = {route: api.requests(route) for route in routes}
+
+        report = await Reaper(client, engine, POLICY).run()
+
+    used = {route: api.requests(route) - before[route] for route in routes}
+    assert [o.action for o in report.outcomes] == [ReaperActionKind.DELETED] * 3
+    # Per session: the latest event read once to choose, once more to check before deleting.
+    assert used == {routes[0]: 6, routes[1]: 0, routes[2]: 3}
+    assert not {s.id for s in sessions} & live_ids(api)
+
+
 async def test_a_session_changed_since_chosen_is_skipped(api, engine):
     async with api.client() as client:
         changed = await new_session(api, client)
