@@ -6,17 +6,32 @@ Each target runs as real uvicorn processes (bench.targets); load comes from anot
 
 import contextlib
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anthropic
 import sqlalchemy as sa
+from standardwebhooks import Webhook
 
-from bench.common import PYTHON, database, emulator_process, free_port, process, save, wait_http
+from bench.common import (
+    PYTHON,
+    SECRET,
+    database,
+    emulator_process,
+    free_port,
+    process,
+    save,
+    signed_event,
+    wait_http,
+)
 from bench.load import drive
 from idlehook.settings import env_value
 from store.engine import make_engine, migrate
+from store.inbox import Inbox, NewDelivery
 
 SECONDS = float(str(env_value("BENCH_SECONDS", "6")))
 
@@ -62,6 +77,45 @@ def measure(kind: str, n: int, backend: str, workdir: Path, **kw: Any) -> dict[s
     return {"target": kind, "processes": n, "backend": backend, **figures}
 
 
+def store_ceiling(workdir: Path, batch: int, rows: int = 20_000) -> float:
+    """Deliveries/s that `Inbox.write_batch` alone commits on SQLite at this batch size.
+
+    No HTTP, no signature, no event loop: the most the receiver could acknowledge with one
+    writer, on this disk, with `synchronous=FULL`. Distinct random event ids, as Anthropic sends.
+    """
+    with database("sqlite", workdir) as url:
+        inbox = Inbox.connect(url)
+        try:
+            migrate(inbox.engine)
+            signer = Webhook(SECRET)
+            now = datetime.now(UTC)
+            batches = [
+                [_delivery(signer, f"wevt_{uuid.uuid4().hex}", now) for _ in range(batch)]
+                for _ in range(max(1, rows // batch))
+            ]
+            started = time.perf_counter()
+            for items in batches:
+                inbox.write_batch(items)
+            return len(batches) * batch / (time.perf_counter() - started)
+        finally:
+            inbox.close()
+
+
+def _delivery(signer: Webhook, event_id: str, now: datetime) -> NewDelivery:
+    body, headers = signed_event(signer, event_id, "sesn_bench")
+    return NewDelivery(
+        event_id=event_id,
+        event_type="session.status_idled",
+        resource_id="sesn_bench",
+        session_id="sesn_bench",
+        event_created_at=now,
+        received_at=now,
+        body=body.decode(),
+        headers={k: v for k, v in headers.items() if k != "webhook-signature"},
+        secret_index=0,
+    )
+
+
 def reference_sessions(emulator: str, n: int = 16) -> list[str]:
     client = anthropic.Anthropic(api_key="bench", base_url=emulator, max_retries=0)
     agent = client.beta.agents.create(name="bench", model="claude-opus-4-7")
@@ -99,6 +153,15 @@ def main() -> None:
             load = {"sessions": sessions, "expect_rps": 3000}
             results.append(measure("reference", 1, "-", work, emulator=emu, load=load))
             print(line(results[-1], results[0]["rps"]), flush=True)
+        # The writer's own ceiling, beside the HTTP figures: at 64 connections the group commit
+        # sees batches of ~25-30 deliveries (idlehook_inbox_batch_size).
+        ceilings = {n: store_ceiling(work, n) for n in (1, 32, 256)}
+        for n, rate in ceilings.items():
+            print(
+                f"store alone (Inbox.write_batch, SQLite FULL) batch {n:3d}: {rate:8.0f} "
+                f"deliveries/s  {rate / results[0]['rps']:6.1%} of bare x1",
+                flush=True,
+            )
     bare = {r["processes"]: r["rps"] for r in results if r["target"] == "bare"}
     one = {
         r["backend"]: r["rps"] for r in results if r["target"] == "idlehook" and r["processes"] == 1
@@ -114,6 +177,7 @@ def main() -> None:
             if r["target"] == "idlehook" and r["backend"] == "postgres"
         },
         "goal_85pct_of_bare_sqlite": one["sqlite"] / bare[1] >= 0.85,
+        "store_ceiling_by_batch": ceilings,
     }
     print(
         f"idlehook sqlite x1 / bare x1: {summary['idlehook_sqlite_x1_vs_bare_x1']:.1%} (goal 85%)"
