@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import anthropic
+import httpx
 
-from bench.common import save
-from emulator import Emulator, EmulatorConfig, create_emulator
+from bench.common import emulator_process, save
 from idlehook import wiring
 from idlehook.logs import configure_logging
 from idlehook.settings import ReaperSettings, Settings, env_value
 from store.models import utcnow
 from store.sessions import SessionStore, flag_values
-from tests.support.servers import serve
 
 SESSIONS = int(str(env_value("BENCH_REAP_SESSIONS", "10000")))
 SPEED = float(str(env_value("BENCH_REAP_SPEED", "60")))
@@ -59,8 +58,12 @@ async def reap(settings: Settings) -> tuple[float, int]:
 
 def main() -> None:
     configure_logging(json=True, level="WARNING")
-    emu = Emulator(EmulatorConfig(speed=SPEED, rate_limits={"enabled": False}))
-    with tempfile.TemporaryDirectory() as tmp, serve(create_emulator(emulator=emu)) as url:
+    # The emulator in a process of its own: in this one it took the CPU the reaper needs, and
+    # the run measured the interpreter, not the pacing.
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        emulator_process("--speed", str(SPEED), "--no-rate-limits") as url,
+    ):
         ours = asyncio.run(create_sessions(url))
         settings = Settings(
             database_url=f"sqlite:///{Path(tmp) / 'reap.db'}",
@@ -81,10 +84,12 @@ def main() -> None:
                 SessionStore._upsert(conn, sid, values, now)
         engine.dispose()
         time.sleep(2)  # every session idle for a while, on the emulated clock too
-        emu.apply_config({"rate_limits": {"enabled": True}})
-        before = dict(emu.requests)
+        httpx.put(url + "/_emulator/config", json={"rate_limits": {"enabled": True}})
+        before = httpx.get(url + "/_emulator/stats").json()
         elapsed, deleted = asyncio.run(reap(settings))
-        calls = {k: v - before.get(k, 0) for k, v in emu.requests.items() if v != before.get(k, 0)}
+        after = httpx.get(url + "/_emulator/stats").json()
+        was = before["requests"]
+        calls = {k: v - was.get(k, 0) for k, v in after["requests"].items() if v != was.get(k, 0)}
         emulated_min = elapsed * SPEED / 60
         figures = {
             "sessions": SESSIONS,
@@ -93,7 +98,7 @@ def main() -> None:
             "expected_deletes": len(ours),
             "api_calls": sum(calls.values()),
             "calls_by_route": calls,
-            "rate_limited_429": sum(emu.rate_limited.values()),
+            "rate_limited_429": after["total_rate_limited"] - before["total_rate_limited"],
             "seconds": elapsed,
             "emulated_minutes": emulated_min,
             "calls_per_emulated_min": sum(calls.values()) / emulated_min,

@@ -115,6 +115,8 @@ class ReaperSettings(_Section):
     interrupt_wait_seconds: float = Field(default=10.0, ge=0)
     # Inside the worker: run every this many seconds (None: only from cron / the CLI).
     interval_seconds: float | None = Field(default=None, gt=0)
+    # Sessions judged and deleted at once; the shared rate gate paces their calls either way.
+    concurrency: int = Field(default=8, ge=1, le=64)
 
     _durations = field_validator("idle_for", "max_age", "lookback")(_check_duration)
 

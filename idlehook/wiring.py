@@ -205,6 +205,7 @@ def reaper(
         archive=archive,
         lookback=parse_duration(settings.reaper.lookback),
         interrupt_wait_seconds=settings.reaper.interrupt_wait_seconds,
+        concurrency=settings.reaper.concurrency,
     )
 
 

@@ -134,6 +134,7 @@ class Reaper:
         poll_seconds: float = 0.25,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         max_rate_retries: int = 5,
+        concurrency: int = 8,
     ) -> None:
         self.engine = engine
         self.policy = policy
@@ -145,6 +146,9 @@ class Reaper:
         self.interrupt_wait_seconds = interrupt_wait_seconds
         self.poll_seconds = poll_seconds
         self.sleep = sleep
+        # Sessions judged and acted on at once: one at a time, a sweep moved at the speed of
+        # the API's latency, far below its rate limit; the gate still paces every call.
+        self.concurrency = max(1, concurrency)
 
     async def run(
         self, *, dry_run: bool = False, progress: Callable[[int, int], None] | None = None
@@ -162,15 +166,20 @@ class Reaper:
         )
         ids = [s.id for s in sessions]
         tracked, pending = await asyncio.to_thread(self._store_facts, ids)
-        candidates: list[Candidate] = []
-        for session in sessions:
-            view, verdict, latest = await self._judge(
-                session, tracked.get(session.id), pending.get(session.id, 0), now
-            )
-            if verdict is None:
-                continue
-            snapshot = await self.calls.snapshot(session, latest)
-            candidates.append(Candidate(view, verdict, snapshot))
+        slots = asyncio.Semaphore(self.concurrency)
+
+        async def consider(session: Any) -> Candidate | None:
+            async with slots:
+                view, verdict, latest = await self._judge(
+                    session, tracked.get(session.id), pending.get(session.id, 0), now
+                )
+                if verdict is None:
+                    return None
+                return Candidate(view, verdict, await self.calls.snapshot(session, latest))
+
+        # gather keeps the listing's order, so the plan (and the report) read oldest first.
+        considered = await asyncio.gather(*(consider(s) for s in sessions))
+        candidates = [c for c in considered if c is not None]
         log.info("reaper.planned", examined=len(sessions), candidates=len(candidates))
         return Plan(candidates, examined=len(sessions))
 
@@ -215,12 +224,21 @@ class Reaper:
     ) -> ReapReport:
         report = ReapReport(run_id=uuid.uuid4().hex, dry_run=dry_run, examined=plan.examined)
         total = len(plan.candidates)
-        for done, candidate in enumerate(plan.candidates, start=1):
-            outcomes = await self._act(candidate, dry_run)
-            report.outcomes.extend(outcomes)
-            await asyncio.to_thread(self._record, report.run_id, outcomes)
+        slots = asyncio.Semaphore(self.concurrency)
+        done = 0
+
+        async def act(candidate: Candidate) -> list[Outcome]:
+            nonlocal done
+            async with slots:
+                outcomes = await self._act(candidate, dry_run)
+                await asyncio.to_thread(self._record, report.run_id, outcomes)
+            done += 1
             if progress is not None:
                 progress(done, total)
+            return outcomes
+
+        for outcomes in await asyncio.gather(*(act(c) for c in plan.candidates)):
+            report.outcomes.extend(outcomes)
         report.rate_limited = self.calls.rate_limited
         if not dry_run:
             metrics.REAPER_SAVING.set(report.saving_usd_per_hour)

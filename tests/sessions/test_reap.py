@@ -218,6 +218,39 @@ async def test_a_saved_idle_session_costs_three_calls_to_delete(api, engine):
     assert not {s.id for s in sessions} & live_ids(api)
 
 
+class MeetingGate:
+    """Lets calls through only once `parties` of them are waiting together, then all freely."""
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = asyncio.Barrier(parties)
+        self.met = False
+
+    async def acquire(self, kind: str) -> None:
+        if not self.met:
+            await self.barrier.wait()
+            self.met = True
+
+    def penalise(self, kind: str, retry_after_s: float) -> None:
+        pass
+
+
+async def test_sessions_are_judged_and_deleted_several_at_once(api, engine):
+    async with api.client() as client:
+        sessions = [await new_session(api, client) for _ in range(4)]
+        for session in sessions:
+            track(engine, session.id, saved=True)
+        # The list call goes first, alone; then four sessions' reads must be waiting at once,
+        # which a reaper judging one session at a time never gets to.
+        listed = Reaper(client, engine, POLICY, gate=MeetingGate(1), concurrency=4)
+        plan = await listed.plan()
+        reaper = Reaper(client, engine, POLICY, gate=MeetingGate(4), concurrency=4)
+        report = await asyncio.wait_for(reaper.execute(plan), timeout=10)
+
+    assert [o.session_id for o in report.outcomes] == [s.id for s in sessions]  # plan order
+    assert {o.action for o in report.outcomes} == {ReaperActionKind.DELETED}
+    assert not {s.id for s in sessions} & live_ids(api)
+
+
 async def test_a_session_changed_since_chosen_is_skipped(api, engine):
     async with api.client() as client:
         changed = await new_session(api, client)
