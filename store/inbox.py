@@ -11,7 +11,9 @@ De-duplication is one upsert per batch, portable across SQLite (>= 3.35) and Pos
     RETURNING id, event_id, duplicates
 
 A row inserted returns exactly the duplicates it was inserted with (the extra copies seen in this
-batch); an updated row returns more. So "new" needs no second query and no dialect trick.
+batch); an updated row returns more. So "new" needs no second query and no dialect trick. (On
+SQLite the same three columns are read back in one aggregated row right after the upsert, in the
+same transaction: see `_sqlite_outcomes_sql`.)
 """
 
 import asyncio
@@ -162,15 +164,22 @@ class Inbox:
     async def stop(self) -> None:
         """Finish what is queued (its callers are answered), then stop the writer."""
         with self._lock:
-            writer, self._writer = self._writer, None
+            writer = self._writer
         if writer is None or not writer.is_alive():
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # FIFO: the writer reaches the stop mark after every delivery queued before it, and
-        # resolves `done` after it has handed their outcomes to their loop.
+        # resolves `done` after it has handed their outcomes to their loop. `_writer` stays set
+        # meanwhile, so an ingest racing the stop queues behind the mark, not into a second
+        # writer that could take the mark meant for this one.
         self._queue.put((_STOP, done))
         await done
         await asyncio.to_thread(writer.join)
+        with self._lock:
+            if self._writer is writer:
+                self._writer = None
+        if not self._queue.empty():
+            self._ensure_writer()  # queued while stopping: answered by a new writer, not never
 
     def close(self) -> None:
         self.engine.dispose()

@@ -196,6 +196,16 @@ async def test_stop_answers_everything_queued_before_it(inbox: Inbox, db: sa.Eng
     assert (await inbox.ingest(delivery("wevt_after"))).new
 
 
+async def test_an_ingest_racing_the_stop_is_still_answered(inbox: Inbox) -> None:
+    await inbox.ingest(delivery("wevt_first"))
+    stopping = asyncio.ensure_future(inbox.stop())
+    await asyncio.sleep(0)  # the stop mark is queued; the writer may not have reached it yet
+    late = await asyncio.wait_for(inbox.ingest(delivery("wevt_late")), timeout=10)
+    await asyncio.wait_for(stopping, timeout=10)
+    assert late.new
+    await inbox.stop()
+
+
 async def test_writer_thread_is_gone_after_stop(inbox: Inbox) -> None:
     before = set(threading.enumerate())
     await inbox.ingest(delivery("wevt_1"))
