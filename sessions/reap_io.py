@@ -32,6 +32,8 @@ STATUS_OF_EVENT = {
     "session.status_rescheduled": "rescheduling",
 }
 DEFAULT_RETRY_AFTER_S = 1.0
+# "The latest event was not read", as opposed to None: "read, and the session has none".
+UNREAD: Any = object()
 
 
 class Gate(Protocol):
@@ -159,9 +161,9 @@ class PacedCalls:
         status = status_event_of(latest)
         return status if status is not None else await self.latest_status(session_id)
 
-    async def snapshot(self, session: Any, latest: Any | None = None) -> Snapshot:
-        """`latest`, the session's latest event if already read; else it is read here."""
-        event = latest if latest is not None else await self.latest_event(session.id)
+    async def snapshot(self, session: Any, latest: Any = UNREAD) -> Snapshot:
+        """`latest`, the session's latest event (None: it has none) if already read."""
+        event = await self.latest_event(session.id) if latest is UNREAD else latest
         return snapshot_of(session, event)
 
     async def last_event_id(self, session_id: str) -> str | None:

@@ -19,7 +19,7 @@ from anthropic import AsyncAnthropic
 from sqlalchemy.engine import Engine
 
 from sessions import metrics
-from sessions.reap_io import Gate, OpenGate, PacedCalls, Snapshot
+from sessions.reap_io import UNREAD, Gate, OpenGate, PacedCalls, Snapshot
 from sessions.reap_policy import (
     RESTING,
     Action,
@@ -185,10 +185,10 @@ class Reaper:
 
     async def _judge(
         self, session: Any, row: TrackedSession | None, pending: int, now: datetime
-    ) -> tuple[SessionView, Verdict | None, Any | None]:
-        """The view, the verdict, and the latest event if it was read on the way."""
+    ) -> tuple[SessionView, Verdict | None, Any]:
+        """The view, the verdict, and the latest event if it was read on the way (else UNREAD)."""
         view = view_of(session, row, pending_runs=pending)
-        latest_event = None
+        latest_event = UNREAD
         # The store's stop reason may be a turn behind (or missing), and its saved marks may be
         # an earlier turn's: for a resting session of ours the event list has the truth.
         if (

@@ -197,9 +197,20 @@ async def test_dry_run_deletes_nothing_and_audits_what_it_would_do(api, engine):
     assert all(deleted_at(engine, s.id) is None for s in sessions)
 
 
-async def test_a_saved_idle_session_costs_three_calls_to_delete(api, engine):
+@pytest.mark.parametrize("ran", [True, False], ids=["ran", "never_ran"])
+async def test_a_saved_idle_session_costs_three_calls_to_delete(api, engine, ran):
     async with api.client() as client:
-        sessions = [await new_session(api, client) for _ in range(3)]
+        # A session that never ran has no events: "read, none" must not be read again.
+        sessions = [
+            await new_session(
+                api,
+                client,
+                run=ran,
+                wait_for="idle" if ran else None,
+                script="end_turn" if ran else None,
+            )
+            for _ in range(3)
+        ]
         for session in sessions:
             track(engine, session.id, saved=True)
         routes = (
