@@ -60,4 +60,15 @@ class SpeedClock:
         return max(0.0, emulated / self._speed)
 
     async def sleep(self, emulated: float) -> None:
-        await asyncio.sleep(self.real_seconds(emulated))
+        """Return once `emulated` seconds have passed on this clock, never sooner.
+
+        The loop's timers may fire a hair early (uvloop keeps whole milliseconds), and a speed
+        change moves the real deadline: so sleep again until the emulated time has elapsed.
+        """
+        until = self.elapsed() + emulated
+        left = emulated
+        while True:
+            await asyncio.sleep(self.real_seconds(left))
+            left = until - self.elapsed()
+            if left <= 0:
+                return

@@ -1,12 +1,14 @@
 """Pure parts: cron, cursors, scripts, the billing ledger, backoff, query decoding, CLI args."""
 
 import random
+import time
 from datetime import UTC, datetime
 
 import pytest
 
 from emulator import cron
 from emulator.billing import Ledger, report
+from emulator.clock import SpeedClock
 from emulator.errors import BadRequest
 from emulator.pagination import decode_cursor, paginate
 from emulator.query import Query
@@ -170,3 +172,13 @@ def test_sliding_window_refuses_until_the_oldest_leaves() -> None:
     assert limiter.acquire("read", 2, "sliding_window") == pytest.approx(1.0)
     now[0] = 60.5
     assert limiter.acquire("read", 2, "sliding_window") is None
+
+
+async def test_sleep_never_returns_before_its_emulated_time() -> None:
+    # A clock whose monotonic source runs at half speed: one real-time sleep covers only half
+    # of the emulated span, as a timer that fires early would.
+    origin = time.monotonic()
+    clock = SpeedClock(speed=10.0, monotonic=lambda: origin + (time.monotonic() - origin) / 2)
+    start = clock.elapsed()
+    await clock.sleep(0.5)
+    assert clock.elapsed() - start >= 0.5
