@@ -1,5 +1,6 @@
 """make_engine(url): SQLite in WAL mode, or PostgreSQL; migrate(engine): alembic upgrade head."""
 
+import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -8,6 +9,7 @@ from alembic.config import Config
 from sqlalchemy.engine import Engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_SQLITE_TIMEOUT = 5.0  # seconds a writer waits for SQLite's lock before failing (a 503)
 
 
 def normalise_url(url: str) -> str:
@@ -31,7 +33,7 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 5.0},
+            connect_args={"check_same_thread": False, "timeout": _SQLITE_TIMEOUT},
             pool_size=pool_size,
             max_overflow=pool_size,
         )
@@ -47,6 +49,21 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_pre_ping=True,
         connect_args={"connect_timeout": 5},
     )
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL; None for any other database."""
+    url = normalise_url(url)
+    if not url.startswith("sqlite"):
+        return None
+    return sa.engine.make_url(url).database or ""
+
+
+def sqlite_connect(path: str) -> sqlite3.Connection:
+    """A plain sqlite3 connection set up exactly as the engine sets up its own."""
+    conn = sqlite3.connect(path, timeout=_SQLITE_TIMEOUT, check_same_thread=False)
+    _sqlite_pragmas(conn, None)
+    return conn
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

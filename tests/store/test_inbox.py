@@ -1,6 +1,8 @@
 """The inbox ingest path on SQLite and PostgreSQL: insert-if-new, routing runs, group commit."""
 
 import asyncio
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,6 +20,7 @@ from store.inbox import (
     StoreUnavailable,
     plan_batch,
     session_id_for,
+    to_row,
 )
 from store.models import Source
 from tests.receiver.outage import store_down
@@ -65,8 +68,8 @@ def rows(db: sa.Engine, sql: str) -> list[sa.RowMapping]:
 
 
 def test_plan_batch_keeps_first_copies_in_order() -> None:
-    firsts, extra = plan_batch([delivery("a"), delivery("b"), delivery("a"), delivery("a")])
-    assert [d.event_id for d in firsts] == ["a", "b"]
+    firsts, extra = plan_batch([to_row(delivery(i)) for i in ("a", "b", "a", "a")])
+    assert [row[0] for row in firsts] == ["a", "b"]
     assert {k: v.count for k, v in extra.items()} == {"a": 2, "b": 0}
 
 
@@ -206,12 +209,52 @@ async def test_an_ingest_racing_the_stop_is_still_answered(inbox: Inbox) -> None
     await inbox.stop()
 
 
-async def test_writer_thread_is_gone_after_stop(inbox: Inbox) -> None:
-    before = set(threading.enumerate())
+async def test_writer_process_is_gone_after_stop(inbox: Inbox) -> None:
     await inbox.ingest(delivery("wevt_1"))
-    [writer] = [t for t in set(threading.enumerate()) - before if t.name == "inbox-writer"]
+    pid = inbox.writer_pid
+    assert pid is not None
+    assert pid != os.getpid()
     await inbox.stop()
-    assert not writer.is_alive()
+    assert inbox.writer_pid is None
+    assert not _alive(pid)
+
+
+async def test_a_killed_writer_fails_its_batch_and_the_next_one_is_written(
+    inbox: Inbox, db: sa.Engine
+) -> None:
+    await inbox.ingest(delivery("wevt_before"))
+    pid = inbox.writer_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # frozen, so the next batch is surely in flight when it dies
+    in_flight = asyncio.ensure_future(inbox.ingest(delivery("wevt_in_flight")))
+    await asyncio.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(StoreUnavailable):
+        await asyncio.wait_for(in_flight, timeout=10)
+    # A new writer takes the next delivery; the one that failed is retried by its sender.
+    assert (await asyncio.wait_for(inbox.ingest(delivery("wevt_after")), timeout=30)).new
+    assert inbox.writer_pid not in (None, pid)
+    assert (await inbox.ingest(delivery("wevt_in_flight"))).new
+    await inbox.stop()
+    stored = [r["event_id"] for r in rows(db, "SELECT event_id FROM deliveries ORDER BY id")]
+    assert stored == ["wevt_before", "wevt_after", "wevt_in_flight"]
+
+
+async def test_close_without_stop_leaves_no_writer_behind(db_url: str) -> None:
+    inbox = Inbox.connect(db_url)
+    await inbox.ingest(delivery("wevt_1"))
+    pid = inbox.writer_pid
+    assert pid is not None
+    inbox.close()
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_depth_counts_unfinished_runs(inbox: Inbox, db: sa.Engine) -> None:
@@ -259,17 +302,21 @@ async def test_one_refused_row_does_not_fail_its_batch(postgres_url: str) -> Non
     too_long = delivery("poison", resource_id="sesn_" + "x" * 300)  # wider than the column
     try:
         await inbox.start()
-        outcomes = await asyncio.gather(
-            inbox.ingest(delivery("ok_1")),
-            inbox.ingest(too_long),
-            inbox.ingest(delivery("ok_2")),
-            return_exceptions=True,
-        )
+        with structlog.testing.capture_logs() as logs:
+            outcomes = await asyncio.gather(
+                inbox.ingest(delivery("ok_1")),
+                inbox.ingest(too_long),
+                inbox.ingest(delivery("ok_2")),
+                return_exceptions=True,
+            )
         await inbox.stop()
     finally:
         inbox.close()
     assert isinstance(outcomes[1], StoreUnavailable)
     assert [o.new for o in (outcomes[0], outcomes[2]) if isinstance(o, IngestResult)] == [True] * 2
+    # What the writer process logged is logged here, through this process's pipeline.
+    [refused] = [e for e in logs if e["event"] == "inbox.delivery_refused"]
+    assert (refused["log_level"], refused["event_id"]) == ("warning", "poison")
 
 
 @pytest.mark.postgres

@@ -1,0 +1,93 @@
+"""A delivery's compact Row and the frames that carry it to the writer process: frames survive
+any split, rows and outcomes survive the trip exactly, EOF is not a message, and a row's SQLite
+text is what SQLAlchemy would have written."""
+
+import io
+import random
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from store import frames
+from store.ingest import IngestResult, NewDelivery, StoreUnavailable, from_row, to_row
+from store.ingest import _sqlite_time as sqlite_time
+from store.models import Source
+
+AT = datetime(2026, 12, 1, 8, 0, 0, 123457, tzinfo=UTC)
+
+
+def test_a_stream_split_anywhere_decodes_to_the_same_messages() -> None:
+    messages = [("ready",), ("batch", 1.5, [("a", None, {"k": "v"})]), ("done", [7, -8, "x"], [])]
+    wire = b"".join(frames.encode(m) for m in messages)
+    for step in (1, 3, 7, len(wire)):
+        decoder = frames.Decoder()
+        got: list[object] = []
+        for start in range(0, len(wire), step):
+            got.extend(decoder.feed(wire[start : start + step]))
+        assert got == messages
+
+
+def test_read_returns_none_at_a_clean_end_and_mid_frame() -> None:
+    one = frames.encode(("ready",))
+    stream = io.BytesIO(one + one[:5])
+    assert frames.read(stream) == ("ready",)
+    assert frames.read(stream) is None  # the writer died half way through a frame
+    assert frames.read(io.BytesIO(b"")) is None
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        AT,
+        AT.astimezone(timezone(timedelta(hours=2))),
+        None,
+        datetime(2241, 12, 31, 23, 59, 59, 999999, UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),
+    ],
+)
+def test_a_delivery_comes_back_equal_to_the_microsecond(created: datetime | None) -> None:
+    d = NewDelivery(
+        "wevt_1",
+        "session.status_idled",
+        "sesn_1",
+        "sesn_1",
+        created,
+        AT,
+        "{}",
+        {"a": "b"},
+        0,
+        Source.RECONCILE,
+    )
+    back = from_row(frames.read(io.BytesIO(frames.encode(to_row(d)))))
+    assert back == d
+    assert back.received_at.tzinfo is UTC
+
+
+def test_a_naive_datetime_is_refused_not_guessed() -> None:
+    naive = NewDelivery(
+        "wevt_1", "agent.created", "agent_1", None, None, AT.replace(tzinfo=None), "{}"
+    )
+    with pytest.raises(ValueError, match="naive"):
+        to_row(naive)
+
+
+def test_outcomes_keep_new_duplicate_and_failure_apart() -> None:
+    outcomes: list[IngestResult | StoreUnavailable] = [
+        IngestResult(True, 7),
+        IngestResult(False, 8),
+        StoreUnavailable("OperationalError"),
+    ]
+    back = [frames.outcome_from_wire(w) for w in frames.outcomes_to_wire(outcomes)]
+    assert back[:2] == outcomes[:2]
+    assert isinstance(back[2], StoreUnavailable)
+    assert str(back[2]) == "OperationalError"
+
+
+def test_the_sqlite_time_text_is_fromtimestamps_to_the_microsecond() -> None:
+    rng = random.Random(7)
+    samples = [0.0, -1.5, 1764574695.9999996, 1764574695.0000004, 1764574695.5]
+    samples += [rng.uniform(-1e9, 8e9) for _ in range(20_000)]
+    samples += [round(rng.uniform(1.7e9, 1.8e9), 6) for _ in range(20_000)]
+    for seconds in samples:
+        expected = datetime.fromtimestamp(seconds, UTC).isoformat(" ", "microseconds")[:26]
+        assert sqlite_time(seconds) == expected, seconds
