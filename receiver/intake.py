@@ -1,8 +1,10 @@
 """POST /webhooks/anthropic as a plain ASGI callable: cap, verify, parse, record, answer.
 
 This is the hot path, so it builds no Starlette Request/Response: it reads the body under the
-size cap, answers from pre-encoded JSON, and holds the request only until the inbox's group
-commit has its delivery on disk. Handlers never run here.
+size cap, holds the request only until the inbox's group commit has its delivery on disk, and
+answers 204 with the outcome in a header (`idlehook-outcome: stored` or `duplicate`). No body:
+Anthropic reads only the status, and a body is a second socket write per delivery. Handlers
+never run here.
 """
 
 import json
@@ -26,7 +28,8 @@ from receiver.errors import (
 )
 from receiver.event import parse_event, type_label
 from receiver.verify import verify
-from store.inbox import Inbox, NewDelivery, StoreUnavailable, session_id_for
+from store.inbox import Inbox, StoreUnavailable, session_id_for
+from store.ingest import WEBHOOK
 
 log = structlog.get_logger(__name__)
 
@@ -35,17 +38,15 @@ KEPT_HEADERS = ("webhook-id", "webhook-timestamp", "user-agent", "content-type")
 MAX_KEPT_HEADER = 512
 # Signature headers are read from here; anything bigger is not a webhook we'd verify.
 MAX_HEADER_VALUE = 8192
+OUTCOME_HEADER = "idlehook-outcome"
+_KEPT = frozenset(KEPT_HEADERS)
 
 _JSON = [(b"content-type", b"application/json")]
-
-
-def _ready(body: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """A 200's JSON body with its headers, encoded once."""
-    return body, [*_JSON, (b"content-length", str(len(body)).encode())]
-
-
-_STORED = _ready(b'{"status":"stored"}')
-_DUPLICATE = _ready(b'{"status":"duplicate"}')
+# The only headers the intake reads, by raw name: the rest are size-checked, never decoded.
+_READ = {name.encode(): name for name in (*KEPT_HEADERS, "webhook-signature", "content-length")}
+_STORED = [(OUTCOME_HEADER.encode(), b"stored")]
+_DUPLICATE = [(OUTCOME_HEADER.encode(), b"duplicate")]
+_NO_BODY = {"type": "http.response.body", "body": b""}
 
 
 class WebhookIntake:
@@ -74,25 +75,27 @@ class WebhookIntake:
             if body is None:
                 return  # the client went away; nobody to answer
             now = self.now()
-            verified = verify(
+            key_index = verify(
                 body, headers, self.config.signing_keys, now, self.config.timestamp_tolerance
-            )
-            metrics.key_matched(verified.key_index)
+            ).key_index
+            metrics.key_matched(key_index)
             parsed = parse_event(body)
             event_type = type_label(parsed.event_type)
-            delivery = NewDelivery(
-                event_id=parsed.event_id,
-                event_type=parsed.event_type,
-                resource_id=parsed.resource_id,
-                session_id=session_id_for(parsed.event_type, parsed.resource_id),
-                event_created_at=parsed.created_at,
-                received_at=now,
-                body=parsed.text,
-                headers={k: headers[k][:MAX_KEPT_HEADER] for k in KEPT_HEADERS if k in headers},
-                secret_index=verified.key_index,
+            # The delivery in its compact Row form (store/ingest.py), NewDelivery's fields in order.
+            row = (
+                parsed.event_id,
+                parsed.event_type,
+                parsed.resource_id,
+                session_id_for(parsed.event_type, parsed.resource_id),
+                parsed.created_at.timestamp(),
+                now.timestamp(),
+                parsed.text,
+                {k: v[:MAX_KEPT_HEADER] for k, v in headers.items() if k in _KEPT},
+                key_index,
+                WEBHOOK,
             )
             try:
-                result = await self.inbox.ingest(delivery)
+                result = await self.inbox.ingest_row(row)
             except StoreUnavailable as exc:
                 log.warning("webhook.store_unavailable", error=str(exc))
                 raise StoreDown("store_unavailable") from exc
@@ -103,23 +106,18 @@ class WebhookIntake:
         if result.new and self.on_new is not None:
             self.on_new()
         metrics.delivered(event_type, outcome)
-        # Per delivery at debug only: at info the inbox writes one line per group commit with
-        # every event id in it, because a line per request cost more than HMAC and parsing.
-        log.debug(
-            "webhook.received",
-            outcome=outcome,
-            event_id=delivery.event_id,
-            event_type=delivery.event_type,
-            session_id=delivery.session_id,
-            delivery_id=result.delivery_id,
-        )
-        await _respond_ready(send, _STORED if result.new else _DUPLICATE)
+        # No line per delivery: the inbox logs one per group commit naming every event in it
+        # (a line per request cost more than the HMAC and the parse together).
+        # A fresh list each time: ASGI middleware may append to a response's headers in place.
+        answer = (_STORED if result.new else _DUPLICATE).copy()
+        await send({"type": "http.response.start", "status": 204, "headers": answer})
+        await send(_NO_BODY)
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
 
     async def _reject(self, send: Send, exc: ReceiverError, event_type: str) -> None:
         status = exc.status_code
         metrics.REJECTIONS.labels(exc.reason, str(status)).inc()
-        metrics.DELIVERIES.labels(event_type, "rejected").inc()
+        metrics.delivered(event_type, "rejected")
         if isinstance(exc, BadSignature):
             metrics.SIGNATURE_FAILURES.labels(exc.reason).inc()
         log.info("webhook.rejected", reason=exc.reason, status=status)
@@ -127,15 +125,14 @@ class WebhookIntake:
 
 
 def _headers(scope: Scope) -> dict[str, str]:
-    """Lower-case names (ASGI guarantees it); the first value wins on repeats."""
+    """The headers the intake reads: lower-case names (ASGI guarantees it), first value wins."""
     out: dict[str, str] = {}
     for raw_name, raw_value in scope["headers"]:
-        name = raw_name.decode("latin-1")
-        if name in out:
-            continue
         if len(raw_value) > MAX_HEADER_VALUE:
             raise HeaderTooLarge("header_too_large")
-        out[name] = raw_value.decode("latin-1")
+        name = _READ.get(raw_name)
+        if name is not None and name not in out:
+            out[name] = raw_value.decode("latin-1")
     return out
 
 
@@ -147,8 +144,16 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
         if int(declared) > limit:
             raise BodyTooLarge("body_too_large")
     # Counted while streaming too: a chunked body declares no length, and a declared one can lie.
-    chunks: list[bytes] = []
-    size = 0
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        return None
+    body: bytes = message.get("body", b"")
+    if len(body) > limit:
+        raise BodyTooLarge("body_too_large")
+    if not message.get("more_body", False):
+        return body  # the usual case: the whole body in one message
+    chunks = [body]
+    size = len(body)
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -164,13 +169,6 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
 
 def _error_body(reason: str) -> bytes:
     return json.dumps({"error": reason}).encode()
-
-
-async def _respond_ready(send: Send, ready: tuple[bytes, list[tuple[bytes, bytes]]]) -> None:
-    body, headers = ready
-    # A fresh list each time: ASGI middleware may append to a response's headers in place.
-    await send({"type": "http.response.start", "status": 200, "headers": headers.copy()})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _respond(

@@ -74,5 +74,6 @@ async def test_body_in_many_chunks_is_reassembled(intake: WebhookIntake) -> None
     ]
     messages.append({"type": "http.request", "body": b"", "more_body": False})
     sent = await call(intake, signed_headers(body, "wevt_chunks"), messages)
-    assert (sent[0]["status"], sent[1]["body"]) == (200, b'{"status":"stored"}')
+    assert (sent[0]["status"], sent[1]["body"]) == (204, b"")
+    assert (b"idlehook-outcome", b"stored") in sent[0]["headers"]
     await intake.inbox.stop()

@@ -38,9 +38,10 @@ def test_delivery_is_stored_with_its_routing_run_before_the_ack(receiver: Receiv
         "idlehook_webhook_deliveries_total", event_type="session.status_idled", outcome="stored"
     )
     response = post(receiver, body, signed_headers(body, "wevt_1"))
-    assert response.status_code == 200
-    assert response.json() == {"status": "stored"}
-    # No polling: the 200 itself promises the commit.
+    assert response.status_code == 204
+    assert response.headers["idlehook-outcome"] == "stored"
+    assert response.content == b""
+    # No polling: the 2xx itself promises the commit.
     [stored] = receiver.deliveries()
     assert stored.event_id == "wevt_1"
     assert stored.event_type == "session.status_idled"
@@ -64,12 +65,15 @@ def test_duplicate_is_acknowledged_and_recorded_not_processed(receiver: Receiver
     body = event_body("wevt_dup")
     label = {"event_type": "session.status_idled", "outcome": "duplicate"}
     before = metric("idlehook_webhook_deliveries_total", **label)
-    assert post(receiver, body, signed_headers(body, "wevt_dup")).json()["status"] == "stored"
+    assert (
+        post(receiver, body, signed_headers(body, "wevt_dup")).headers["idlehook-outcome"]
+        == "stored"
+    )
     # A retry: same id, re-stamped timestamp, signed with the other key mid-rotation.
     retry = signed_headers(body, "wevt_dup", secret=KEY_B, at=NOW - timedelta(seconds=30))
     response = post(receiver, body, retry)
-    assert response.status_code == 200
-    assert response.json() == {"status": "duplicate"}
+    assert response.status_code == 204
+    assert response.headers["idlehook-outcome"] == "duplicate"
     [stored] = receiver.rows("SELECT duplicates, last_duplicate_at, secret_index FROM deliveries")
     assert stored["duplicates"] == 1
     assert stored["last_duplicate_at"] is not None
@@ -81,7 +85,7 @@ def test_duplicate_is_acknowledged_and_recorded_not_processed(receiver: Receiver
 def test_unknown_event_type_is_stored_and_acknowledged(receiver: Receiver) -> None:
     body = event_body("wevt_new", "session.teleported", "sesn_7")
     before = metric("idlehook_webhook_deliveries_total", event_type="other", outcome="stored")
-    assert post(receiver, body, signed_headers(body, "wevt_new")).status_code == 200
+    assert post(receiver, body, signed_headers(body, "wevt_new")).status_code == 204
     [stored] = receiver.rows("SELECT event_type, session_id FROM deliveries")
     assert (stored["event_type"], stored["session_id"]) == ("session.teleported", "sesn_7")
     assert receiver.count("handler_runs", "lane = :lane", lane="sesn_7") == 1
@@ -91,7 +95,7 @@ def test_unknown_event_type_is_stored_and_acknowledged(receiver: Receiver) -> No
 
 def test_non_session_event_runs_in_its_own_lane(receiver: Receiver) -> None:
     body = event_body("wevt_agent", "agent.created", "agent_1")
-    assert post(receiver, body, signed_headers(body, "wevt_agent")).status_code == 200
+    assert post(receiver, body, signed_headers(body, "wevt_agent")).status_code == 204
     [stored] = receiver.rows("SELECT session_id FROM deliveries")
     assert stored["session_id"] is None
     assert receiver.count("handler_runs", "lane = :lane", lane="delivery:wevt_agent") == 1
@@ -120,8 +124,8 @@ async def test_concurrent_burst_each_ack_is_stored_exactly_once(receiver: Receiv
             return await client.post(WEBHOOK, content=body, headers=signed_headers(body, event_id))
 
         responses = await asyncio.gather(*(one(i) for i in ids))
-    assert {r.status_code for r in responses} == {200}
-    statuses = [r.json()["status"] for r in responses]
+    assert {r.status_code for r in responses} == {204}
+    statuses = [r.headers["idlehook-outcome"] for r in responses]
     assert statuses.count("stored") == 150
     assert statuses.count("duplicate") == 50
     stored = receiver.rows("SELECT event_id, duplicates FROM deliveries")

@@ -73,7 +73,7 @@ def test_three_receivers_three_workers_process_each_event_once_in_session_order(
                         for copy in range(2):
                             url = str(receivers[(session + n + copy) % 3].url) + PATH
                             response = http.post(url, content=body, headers=headers)
-                            assert response.status_code == 200, response.text
+                            assert response.status_code == 204, response.text
                         sent[sid].append(event_id)
 
             with ThreadPoolExecutor(max_workers=8) as pool:

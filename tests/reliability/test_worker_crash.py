@@ -46,7 +46,7 @@ def test_worker_killed_mid_handler_is_retried_after_its_lease_and_applied_once(
             with httpx.Client(base_url=str(receiver.url), timeout=10) as http:
                 for i, event_id in enumerate(ids):
                     body, headers = signed(event(event_id, f"sesn_crash_{i}"))
-                    assert http.post(PATH, content=body, headers=headers).status_code == 200
+                    assert http.post(PATH, content=body, headers=headers).status_code == 204
 
             def started() -> set[str]:
                 return {r["event_id"] for r in journal(log) if r["phase"] == "start"}
