@@ -68,7 +68,8 @@ class Delivery(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     # The webhook event id (`id` == `webhook-id`): the de-duplication key.
     event_id: str = Field(max_length=200, sa_column_kwargs={"unique": True})
-    event_type: str = Field(max_length=200, index=True)
+    # Not indexed alone: every query by type also filters by session (ix_deliveries_session_id).
+    event_type: str = Field(max_length=200)
     resource_id: str = Field(max_length=200)  # data.id
     session_id: str | None = Field(default=None, max_length=200, index=True)
     event_created_at: datetime | None = Field(default=None, sa_column=ts_column())
