@@ -13,7 +13,7 @@ committed.
 import marshal
 import struct
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from store.ingest import IngestResult, StoreUnavailable
 
@@ -25,38 +25,22 @@ def encode(message: Any) -> bytes:
     return _HEADER.pack(len(payload)) + payload
 
 
-def read(stream: BinaryIO) -> Any:
-    """The next message from a blocking stream; None once it is closed (cleanly or mid-frame)."""
-    header = _read_exactly(stream, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    payload = _read_exactly(stream, size)
-    if payload is None:
-        return None
-    return marshal.loads(payload)  # noqa: S302 (our own process at the other end)
-
-
-def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
-    chunks: list[bytes] = []
-    left = size
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
 class Decoder:
-    """Turns the bytes a non-blocking pipe delivers, in whatever pieces, into messages."""
+    """Turns the bytes a pipe delivers, in whatever pieces, into messages."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[Any]:
+        """`push` then `take`."""
+        self.push(data)
+        return self.take()
+
+    def push(self, data: bytes) -> None:
         self._buffer += data
+
+    def take(self) -> list[Any]:
+        """Every complete message received so far; a partial one stays for the next push."""
         messages: list[Any] = []
         start = 0
         while len(self._buffer) - start >= _HEADER.size:

@@ -373,7 +373,7 @@ def _sqlite_runs_sql(count: int) -> str:
     return f"INSERT INTO handler_runs ({_RUN_COLUMNS}) VALUES {_values(9, count)}"  # noqa: S608
 
 
-def _sqlite_time(seconds: float | None) -> str | None:
+def sqlite_time(seconds: float | None) -> str | None:
     """UTCDateTime's naive UTC, in SQLAlchemy's SQLite DateTime text form ("YYYY-MM-DD
     HH:MM:SS.ffffff"): exactly datetime.fromtimestamp(seconds, UTC)'s, at a third of the cost
     (the writer formats two a delivery, and a batch's fall in the same second or two)."""
@@ -423,14 +423,14 @@ def _sqlite_record(
                 r[1],
                 r[2],
                 r[3],
-                _sqlite_time(r[4]),
-                _sqlite_time(r[5]),
+                sqlite_time(r[4]),
+                sqlite_time(r[5]),
                 r[9],
                 r[6],
                 _json_object(r[7]),
                 r[8],
                 extra[r[0]].count,
-                _sqlite_time(extra[r[0]].last_at),
+                sqlite_time(extra[r[0]].last_at),
             )
             for r in firsts
         ]
@@ -445,7 +445,7 @@ def _sqlite_record(
         for row_id, event_id, dups in _sqlite_run(conn, _sqlite_upsert_sql(len(chunk)), params):
             # Inserted now: exactly the extra copies it was inserted with; updated: more.
             recorded[event_id] = (row_id, dups == extra[event_id].count)
-    stamp = _sqlite_time(now)
+    stamp = sqlite_time(now)
     pending = str(RunState.PENDING)
     runs = [
         (recorded[r[0]][0], _lane(r), 0, ROUTE_HANDLER, pending, 0, stamp, stamp, stamp)

@@ -1,13 +1,14 @@
 """The receiver's end of its inbox writer process (store/writer_process.py).
 
 The webhook path hands each verified delivery to `submit` and awaits the future it returns.
-Whatever arrives while the writer is committing becomes the next batch: one batch is in flight
-at a time, so a burst pays one commit, and each future is resolved only when the writer reports
-the batch holding its delivery committed (or failed, as StoreUnavailable: a 503, so Anthropic
-retries). All of this runs on the event loop, and costs it one frame out and one in per batch.
+Each pass of the event loop sends what it collected down the pipe as one frame; the writer,
+each time it finishes a commit, commits everything that arrived meanwhile as the next batch.
+Rows are answered in the order they were sent, and each future is resolved only when the writer
+reports its row committed (or not, as StoreUnavailable: a 503, so Anthropic retries). This side
+costs the loop a frame out per pass and a frame in per commit.
 
-A writer that dies fails its batch in flight (none of it was acknowledged) and another is
-started for whatever is waiting.
+A writer that dies fails every row it had not answered (none of them was acknowledged) and
+another is started for whatever is waiting.
 """
 
 import asyncio
@@ -71,22 +72,19 @@ class WriterLink:
         now: Callable[[], datetime],
         on_batch: Callable[[int], None] | None = None,
         start_timeout: float = 60.0,
-        depth: int = 2,
     ) -> None:
         self._url = url
         self.max_batch = max_batch
         self.now = now
         self.on_batch = on_batch
         self.start_timeout = start_timeout
-        self.depth = depth
         self._writer: _Writer | None = None
         self._starting: asyncio.Task[_Writer] | None = None
         self._pending: list[_Pending] = []
-        # Batches sent and not yet answered, oldest first: the writer answers in order.
-        self._inflight: collections.deque[list[_Pending]] = collections.deque()
+        # Sent and not yet answered, oldest first: the writer answers in the order it was sent.
+        self._sent: collections.deque[_Pending] = collections.deque()
         self._flush_scheduled = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._drained: asyncio.Future[None] | None = None  # set for stop(), when all answered
         self._pause = 0.0
 
     @property
@@ -105,10 +103,10 @@ class WriterLink:
 
     async def stop(self) -> None:
         """Answer everything submitted so far, then let the writer exit."""
-        while self._pending or self._inflight:
-            self._idle.clear()
+        while self._pending or self._sent:
+            self._drained = asyncio.get_running_loop().create_future()
             self._kick()
-            await self._idle.wait()
+            await self._drained
         if self._starting is not None:
             with contextlib.suppress(StoreUnavailable):
                 await asyncio.shield(self._starting)
@@ -139,35 +137,36 @@ class WriterLink:
     def submit(self, row: Row) -> "asyncio.Future[IngestResult]":
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
-        self._idle.clear()
-        self._kick()
+        if not self._flush_scheduled:
+            self._kick()
         return future
 
     def _kick(self) -> None:
-        if len(self._inflight) >= self.depth or self._flush_scheduled or not self._pending:
+        if self._flush_scheduled or not self._pending:
             return
         self._flush_scheduled = True
-        # At the end of this loop pass, so every request parsed in it joins the batch.
+        # At the end of this loop pass, so every request parsed in it goes in one frame.
         asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Stream what is pending to the writer, which commits whatever is waiting for it each
+        time it finishes a commit: the batching happens there, so a batch is never held back
+        by this loop being slow to hear that the last one is done."""
         self._flush_scheduled = False
-        if len(self._inflight) >= self.depth or not self._pending:
+        if not self._pending:
             return
         writer = self._writer
         if writer is None or writer.closing or not writer.ready.done():
             self._start_writer()  # flushes again once the writer is ready
             return
-        batch = self._pending[: self.max_batch]
-        del self._pending[: self.max_batch]
+        pending, self._pending = self._pending, []
         try:
-            frame = frames.encode(("batch", self.now().timestamp(), [row for row, _ in batch]))
+            frame = frames.encode(("rows", self.now().timestamp(), [row for row, _ in pending]))
         except ValueError as exc:  # a value the wire cannot carry: a caller's, not the wire's
-            log.error("inbox.batch_unsendable", size=len(batch), error=repr(exc)[:200])
-            self._fail(batch, StoreUnavailable("unsendable"))
-            self._kick()
+            log.error("inbox.batch_unsendable", size=len(pending), error=repr(exc)[:200])
+            self._fail(pending, StoreUnavailable("unsendable"))
             return
-        self._inflight.append(batch)
+        self._sent.extend(pending)
         writer.to_writer.write(frame)
 
     def _on_message(self, writer: _Writer, message: Any) -> None:
@@ -176,23 +175,24 @@ class WriterLink:
                 writer.ready.set_result(None)
             return
         _, wire, events = message
-        batch = self._inflight.popleft()
-        outcomes = [frames.outcome_from_wire(w) for w in wire]
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
+        sent = self._sent
+        if len(wire) > len(sent):  # cannot happen; if it does, the pairing is lost: start over
+            log.error("inbox.writer_out_of_step", answered=len(wire), sent=len(sent))
+            writer.popen.kill()  # its pipe closes, and _on_lost fails every unanswered row
+            return
+        batch = [sent.popleft() for _ in wire]
+        for (_, future), outcome in zip(batch, wire, strict=True):
             if future.done():  # the caller went away (client disconnect, cancel)
                 continue
-            if isinstance(outcome, StoreUnavailable):
-                future.set_exception(outcome)
+            if type(outcome) is int:
+                future.set_result(IngestResult(outcome > 0, abs(outcome)))
             else:
-                future.set_result(outcome)
+                future.set_exception(StoreUnavailable(outcome))
         if self.on_batch is not None:
             self.on_batch(len(batch))
         _emit(events)
-        _log_commit(batch, outcomes)
-        if self._pending:
-            self._flush()
-        elif not self._inflight:
-            self._idle.set()
+        _log_commit(batch, wire)
+        self._check_drained()
 
     def _on_lost(self, writer: _Writer) -> None:
         expected = writer.closing
@@ -211,14 +211,11 @@ class WriterLink:
             lived = time.monotonic() - writer.started
             log.error("inbox.writer_exited", pid=writer.popen.pid, lived_seconds=round(lived, 1))
             self._pause = 0.0 if lived > _HEALTHY_AFTER else _next_pause(self._pause)
-        while self._inflight:
-            for _, future in self._inflight.popleft():
-                if not future.done():
-                    future.set_exception(StoreUnavailable("writer_exited"))
-        if self._pending:
-            self._kick()
-        else:
-            self._idle.set()
+        # Whatever it had not answered may or may not be committed: a 503, and the sender's
+        # retry finds it stored (a duplicate) or stores it now.
+        sent, self._sent = list(self._sent), collections.deque()
+        self._fail(sent, StoreUnavailable("writer_exited"))
+        self._kick()
 
     # -- starting a writer ------------------------------------------------------------------
 
@@ -259,11 +256,12 @@ class WriterLink:
             os.close(child_read)
             os.close(child_write)
         # The URL may hold a password: it goes down the pipe, never on a command line.
-        os.write(parent_write, frames.encode({"url": self._url}))
+        os.write(parent_write, frames.encode({"url": self._url, "max_batch": self.max_batch}))
         to_writer, _ = await loop.connect_write_pipe(
             asyncio.BaseProtocol, os.fdopen(parent_write, "wb", buffering=0)
         )
         ready: asyncio.Future[None] = loop.create_future()
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen by _spawn
         gone: asyncio.Future[None] = loop.create_future()
         writer = _Writer(popen, to_writer, ready, gone)  # type: ignore[arg-type]
         await loop.connect_read_pipe(
@@ -292,8 +290,12 @@ class WriterLink:
         for _, future in batch:
             if not future.done():
                 future.set_exception(exc)
-        if not self._inflight and not self._pending:
-            self._idle.set()
+        self._check_drained()
+
+    def _check_drained(self) -> None:
+        drained = self._drained
+        if drained is not None and not self._pending and not self._sent and not drained.done():
+            drained.set_result(None)
 
 
 def _popen(read: int, write: int) -> "subprocess.Popen[bytes]":
@@ -343,12 +345,12 @@ def _emit(events: list[tuple[str, dict[str, Any]]]) -> None:
 _METHODS = frozenset({"debug", "info", "warning", "error", "critical", "exception"})
 
 
-def _log_commit(batch: list[_Pending], outcomes: list[Any]) -> None:
+def _log_commit(batch: list[_Pending], outcomes: list[int | str]) -> None:
     stored: list[str] = []
     duplicate: list[str] = []
     for (row, _), outcome in zip(batch, outcomes, strict=True):
-        if isinstance(outcome, IngestResult):
-            (stored if outcome.new else duplicate).append(row[0])
+        if type(outcome) is int:
+            (stored if outcome > 0 else duplicate).append(row[0])
     if stored or duplicate:
         # One line per commit, naming every event in it: "did event X arrive?" is one grep.
         log.info("inbox.committed", stored=stored, duplicate=duplicate)

@@ -9,12 +9,14 @@ outcomes in (bench/README.md has the figures).
 
 Wire (store/frames.py), on the two pipes named by `--read FD --write FD`:
 
-    receiver -> writer   {"url": ...} once, then ("batch", now, [delivery, ...])
-    writer -> receiver   ("ready",) once, then ("done", outcomes, logs) for each batch, in order
+    receiver -> writer   {"url": ..., "max_batch": n} once, then ("rows", now, [row, ...]) as
+                         deliveries arrive (a frame per pass of the receiver's event loop)
+    writer -> receiver   ("ready",) once, then ("done", outcomes, logs) per commit
 
-`outcomes` line up with the batch (each a delivery id, or why nothing was committed); `logs`
-are the structlog events the batch raised, as (method, fields), for the receiver to emit through
-its own pipeline (this process renders nothing itself, so it needs no logging setup). The writer
+The writer commits rows in the order they came, so `outcomes` (one per row: a delivery id, or
+why nothing was committed) answer the oldest unanswered rows; `logs` are the structlog events
+the commit raised, as (method, fields), for the receiver to emit through its own pipeline (this
+process renders nothing itself, so it needs no logging setup). The writer
 exits when its read pipe closes: the receiver stopped, or died. It ignores SIGINT and SIGTERM,
 which reach a whole process group (a Ctrl-C, systemd's stop): the receiver drains what it has
 accepted and then closes the pipe.
@@ -22,6 +24,7 @@ accepted and then closes the pipe.
 
 import argparse
 import os
+import select
 import signal
 import sys
 from collections.abc import MutableMapping
@@ -56,11 +59,51 @@ class _Collect:
         return events
 
 
-def serve(read: BinaryIO, write: BinaryIO) -> None:
-    """Answer batches from `read` on `write` until `read` closes."""
-    config = frames.read(read)
-    if not isinstance(config, dict):
+class Inbound:
+    """The read pipe: blocks for the first message, then takes whatever else is waiting."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.decoder = frames.Decoder()
+        self.closed = False
+
+    def wait(self) -> list[Any]:
+        """At least one message, and every complete one already in the pipe; [] once closed."""
+        messages: list[Any] = []
+        while not messages:
+            if self.closed or not self._read():
+                return []
+            messages = self.decoder.take()
+        while not self.closed and select.select([self.fd], [], [], 0)[0]:
+            self._read()
+            messages.extend(self.decoder.take())
+        return messages
+
+    def _read(self) -> bool:
+        data = os.read(self.fd, _READ_SIZE)
+        if not data:
+            self.closed = True
+            return False
+        self.decoder.push(data)
+        return True
+
+
+_READ_SIZE = 1 << 20
+
+
+def serve(read_fd: int, write: BinaryIO) -> None:
+    """Commit what arrives on `read_fd`, answering on `write`, until `read_fd` closes.
+
+    Each pass takes every row waiting in the pipe (what the receiver sent while the last commit
+    ran) and commits it, up to `max_batch` rows a transaction: the group commit is sized here,
+    by the writer's own pace, not by how soon the receiver's busy loop notices a commit ended.
+    """
+    inbound = Inbound(read_fd)
+    first = inbound.wait()
+    if not first or not isinstance(first[0], dict):
         return
+    config = first[0]
+    max_batch = int(config.get("max_batch", 256))
     collect = _Collect()
     structlog.configure(
         processors=[structlog.processors.format_exc_info, collect],
@@ -79,10 +122,16 @@ def serve(read: BinaryIO, write: BinaryIO) -> None:
         writer = partial(write_rows, engine)
     try:
         _send(write, ("ready",))
-        while (message := frames.read(read)) is not None:
-            _, now, rows = message
-            outcomes = _write(writer, rows, now)
-            _send(write, ("done", frames.outcomes_to_wire(outcomes), collect.take()))
+        while messages := inbound.wait():
+            rows: list[Row] = []
+            now = 0.0
+            for _, at, part in messages:
+                rows.extend(part)
+                now = at
+            for start in range(0, len(rows), max_batch):
+                chunk = rows[start : start + max_batch]
+                outcomes = _write(writer, chunk, now)
+                _send(write, ("done", frames.outcomes_to_wire(outcomes), collect.take()))
     except BrokenPipeError:
         pass  # the receiver is gone; nobody is left to answer
     finally:
@@ -112,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read", type=int, required=True)
     parser.add_argument("--write", type=int, required=True)
     args = parser.parse_args(argv)
-    with os.fdopen(args.read, "rb") as read, os.fdopen(args.write, "wb") as write:
-        serve(read, write)
+    with os.fdopen(args.write, "wb") as write:
+        try:
+            serve(args.read, write)
+        finally:
+            os.close(args.read)
     return 0
 
 

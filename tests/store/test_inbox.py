@@ -240,6 +240,15 @@ async def test_a_killed_writer_fails_its_batch_and_the_next_one_is_written(
     assert stored == ["wevt_before", "wevt_after", "wevt_in_flight"]
 
 
+async def test_a_row_the_wire_cannot_carry_fails_alone(inbox: Inbox, db: sa.Engine) -> None:
+    odd = (*to_row(delivery("wevt_odd"))[:7], {"webhook-id": object()}, 0, "webhook")
+    with pytest.raises(StoreUnavailable):
+        await inbox.ingest_row(odd)  # type: ignore[arg-type]
+    assert (await inbox.ingest(delivery("wevt_fine"))).new
+    await inbox.stop()
+    assert [r["event_id"] for r in rows(db, "SELECT event_id FROM deliveries")] == ["wevt_fine"]
+
+
 async def test_close_without_stop_leaves_no_writer_behind(db_url: str) -> None:
     inbox = Inbox.connect(db_url)
     await inbox.ingest(delivery("wevt_1"))

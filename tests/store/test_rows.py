@@ -2,16 +2,16 @@
 any split, rows and outcomes survive the trip exactly, EOF is not a message, and a row's SQLite
 text is what SQLAlchemy would have written."""
 
-import io
+import os
 import random
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from store import frames
-from store.ingest import IngestResult, NewDelivery, StoreUnavailable, from_row, to_row
-from store.ingest import _sqlite_time as sqlite_time
+from store.ingest import IngestResult, NewDelivery, StoreUnavailable, from_row, sqlite_time, to_row
 from store.models import Source
+from store.writer_process import Inbound
 
 AT = datetime(2026, 12, 1, 8, 0, 0, 123457, tzinfo=UTC)
 
@@ -27,12 +27,32 @@ def test_a_stream_split_anywhere_decodes_to_the_same_messages() -> None:
         assert got == messages
 
 
-def test_read_returns_none_at_a_clean_end_and_mid_frame() -> None:
+def test_a_partial_frame_waits_for_the_rest() -> None:
     one = frames.encode(("ready",))
-    stream = io.BytesIO(one + one[:5])
-    assert frames.read(stream) == ("ready",)
-    assert frames.read(stream) is None  # the writer died half way through a frame
-    assert frames.read(io.BytesIO(b"")) is None
+    decoder = frames.Decoder()
+    decoder.push(one + one[:5])
+    assert decoder.take() == [("ready",)]
+    assert decoder.take() == []  # half a frame: nothing yet, and nothing lost
+    decoder.push(one[5:])
+    assert decoder.take() == [("ready",)]
+
+
+def test_the_writer_takes_every_message_already_in_its_pipe_at_once() -> None:
+    read, write = os.pipe()
+    try:
+        inbound = Inbound(read)
+        for n in range(3):
+            os.write(write, frames.encode(("rows", float(n), [])))
+        assert [m[1] for m in inbound.wait()] == [0.0, 1.0, 2.0]
+        os.write(write, frames.encode(("rows", 3.0, [])))
+        assert [m[1] for m in inbound.wait()] == [3.0]
+        os.close(write)
+        write = -1
+        assert inbound.wait() == []  # the receiver closed the pipe: the writer stops
+    finally:
+        os.close(read)
+        if write != -1:
+            os.close(write)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +78,8 @@ def test_a_delivery_comes_back_equal_to_the_microsecond(created: datetime | None
         0,
         Source.RECONCILE,
     )
-    back = from_row(frames.read(io.BytesIO(frames.encode(to_row(d)))))
+    [back_row] = frames.Decoder().feed(frames.encode(to_row(d)))
+    back = from_row(tuple(back_row))
     assert back == d
     assert back.received_at.tzinfo is UTC
 
