@@ -4,7 +4,9 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 from standardwebhooks import Webhook
 
 from bench.common import PYTHON, ROOT, SECRET, signed_event
+from emulator.ids import new_id
 
 LUA = ROOT / "bench" / "webhooks.lua"
 
@@ -20,12 +23,15 @@ def have_wrk() -> bool:
     return shutil.which("wrk") is not None
 
 
-def _requests_file(count: int, sessions: list[str], path: Path) -> None:
+def _requests_file(count: int, sessions: list[str], path: Path, ordered: bool = False) -> None:
+    """`count` distinct signed webhooks. Their ids are shaped like Anthropic's (an opaque random
+    tail, as the emulator makes them) unless `ordered`: ids that sort in sending order make the
+    store's unique index append instead of insert at random, which flatters every receiver."""
     signer = Webhook(SECRET)
     prefix = uuid.uuid4().hex[:8]
     with path.open("w") as out:
         for i in range(count):
-            event_id = f"wevt_{prefix}{i:08d}"
+            event_id = f"wevt_{prefix}{i:08d}" if ordered else new_id("wevt_")
             body, headers = signed_event(signer, event_id, sessions[i % len(sessions)])
             out.write(
                 f"{event_id}\t{headers['webhook-timestamp']}\t{headers['webhook-signature']}\t"
@@ -62,10 +68,15 @@ def drive(
     *,
     seconds: float,
     connections: int = 64,
-    expect_rps: float = 20_000,
+    expect_rps: float = 40_000,
     sessions: list[str] | None = None,
+    ordered_ids: bool = False,
+    probe: Callable[[], tuple[float, ...]] | None = None,
 ) -> dict[str, Any]:
-    """Warm up briefly, then load every port at once; the figures of the measured part."""
+    """Warm up briefly, then load every port at once; the figures of the measured part.
+
+    `probe` (running totals, CPU seconds say) is read just before and after the load, and their
+    rates over that span are returned as `probe_rates`."""
     sessions = sessions or ["sesn_bench"]
     per_port = max(1, connections // len(ports))
     if not have_wrk():
@@ -79,11 +90,16 @@ def drive(
         files = []
         for i, _ in enumerate(ports):
             files.append(Path(tmp) / f"load{i}.tsv")
-            _requests_file(count, sessions, files[-1])
+            _requests_file(count, sessions, files[-1], ordered=ordered_ids)
         _wrk(ports[0], 1, 8, 1, warm)
+        before = probe() if probe else ()
+        started = time.monotonic()
         with ThreadPoolExecutor(len(ports)) as pool:
             jobs = zip(ports, files, strict=True)
             runs = list(pool.map(lambda j: _wrk(j[0], threads, per_port, seconds, j[1]), jobs))
+        span = time.monotonic() - started
+        after = probe() if probe else ()
+        rates = [(b - a) / span for a, b in zip(before, after, strict=True)]
     requests = sum(r["requests"] for r in runs)
     non2xx = sum(r["non2xx"] for r in runs)
     return {
@@ -97,6 +113,7 @@ def drive(
         # Per-process percentiles cannot be merged exactly: report the worst process.
         "p50_ms": max(r["p50_us"] for r in runs) / 1000,
         "p99_ms": max(r["p99_us"] for r in runs) / 1000,
+        "probe_rates": rates,
     }
 
 
