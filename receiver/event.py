@@ -26,6 +26,7 @@ from anthropic.types.beta import BetaWebhookEvent
 from anthropic.types.beta.beta_webhook_event_data import BetaWebhookEventData
 
 from receiver.errors import BadEvent
+from store.ingest import ROW_EARLIEST, ROW_LATEST
 
 MAX_ID_LENGTH = 200  # the store's column width
 
@@ -121,6 +122,11 @@ def _created_at(value: object) -> datetime:
         raise BadEvent("bad_created_at")
     try:
         parsed = datetime.fromisoformat(value)
-        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        moment = parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     except (ValueError, OverflowError):  # year 9999 at -01:00 overflows on conversion
         raise BadEvent("bad_created_at") from None
+    # Anthropic stamps an event when it happens; an instant the store cannot keep exactly (the
+    # year 9999, say) is no event of theirs, and would fail every delivery batched with it.
+    if not ROW_EARLIEST <= moment < ROW_LATEST:
+        raise BadEvent("bad_created_at")
+    return moment

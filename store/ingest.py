@@ -91,11 +91,22 @@ _ID: Final = 0
 _RECEIVED: Final = 5
 
 
+# The instants a Row carries exactly, to the microsecond, as float seconds (any before 2242).
+ROW_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+ROW_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def to_row(d: NewDelivery) -> Row:
-    """Raises ValueError for a naive datetime: which instant it means is anybody's guess."""
+    """Raises ValueError for a naive datetime (which instant it means is anybody's guess) or one
+    outside ROW_EARLIEST..ROW_LATEST."""
     created = d.event_created_at
-    if d.received_at.tzinfo is None or (created is not None and created.tzinfo is None):
-        raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+    for moment in (d.received_at, created):
+        if moment is None:
+            continue
+        if moment.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use an aware UTC datetime")
+        if not ROW_EARLIEST <= moment < ROW_LATEST:
+            raise ValueError(f"{moment.isoformat()} is outside the instants the store keeps")
     return (
         d.event_id,
         d.event_type,

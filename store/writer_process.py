@@ -23,6 +23,7 @@ accepted and then closes the pipe.
 """
 
 import argparse
+import contextlib
 import os
 import select
 import signal
@@ -66,6 +67,9 @@ class Inbound:
         self.fd = fd
         self.decoder = frames.Decoder()
         self.closed = False
+        # poll, not select: the fd number is the receiver's, and select refuses any >= 1024.
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
 
     def wait(self) -> list[Any]:
         """At least one message, and every complete one already in the pipe; [] once closed."""
@@ -74,7 +78,7 @@ class Inbound:
             if self.closed or not self._read():
                 return []
             messages = self.decoder.take()
-        while not self.closed and select.select([self.fd], [], [], 0)[0]:
+        while not self.closed and self.poller.poll(0):
             self._read()
             messages.extend(self.decoder.take())
         return messages
@@ -161,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read", type=int, required=True)
     parser.add_argument("--write", type=int, required=True)
     args = parser.parse_args(argv)
-    with os.fdopen(args.write, "wb") as write:
-        try:
-            serve(args.read, write)
-        finally:
-            os.close(args.read)
+    write = os.fdopen(args.write, "wb")
+    try:
+        serve(args.read, write)
+    finally:
+        os.close(args.read)
+        with contextlib.suppress(BrokenPipeError):  # the receiver is gone first: nothing to say
+            write.close()
     return 0
 
 

@@ -52,7 +52,7 @@ def run_serve(args: argparse.Namespace) -> int:
             timeout_keep_alive=75,
         )
     finally:
-        svc.engine.dispose()
+        svc.inbox.close()  # no writer process outlives the receiver; disposes the engine too
     return 0
 
 

@@ -90,6 +90,9 @@ def with_(key: str, new: object, data: bool = False) -> bytes:
         (with_("created_at", "yesterday"), "bad_created_at"),
         (with_("created_at", "9999-12-31T23:59:59-01:00"), "bad_created_at"),
         (with_("created_at", "0001-01-01T00:00:00+01:00"), "bad_created_at"),
+        # Parses, but no float keeps it to the microsecond: the store refuses it, so must we.
+        (with_("created_at", "9999-12-31T23:59:59.999999Z"), "bad_created_at"),
+        (with_("created_at", "2300-01-01T00:00:00Z"), "bad_created_at"),
         (b'{"type": "event", "id": ' + b"1" * 5000 + b"}", "body_not_json"),
         (without("data"), "missing_data"),
         (with_("data", "sesn_1"), "missing_data"),

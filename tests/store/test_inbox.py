@@ -249,6 +249,53 @@ async def test_a_row_the_wire_cannot_carry_fails_alone(inbox: Inbox, db: sa.Engi
     assert [r["event_id"] for r in rows(db, "SELECT event_id FROM deliveries")] == ["wevt_fine"]
 
 
+async def test_each_writer_answers_only_its_own_rows(inbox: Inbox, db: sa.Engine) -> None:
+    """A writer still finishing its rows while a new one takes the next: neither's answers may
+    reach the other's callers (say a stop closed the first while a request arrived)."""
+    await inbox.ingest(delivery("wevt_warm"))
+    link = inbox._link
+    first = link._writer
+    assert first is not None
+    os.kill(first.popen.pid, signal.SIGSTOP)  # it holds its rows, unanswered
+    held = [asyncio.ensure_future(inbox.ingest(delivery(f"wevt_held_{i}"))) for i in range(3)]
+    await asyncio.sleep(0.2)
+    assert len(first.sent) == 3
+    first.closing = True  # what stop() does before closing its pipe: new rows go elsewhere
+    later = [await inbox.ingest(delivery(f"wevt_later_{i}")) for i in range(3)]
+    assert link._writer is not first
+    os.kill(first.popen.pid, signal.SIGCONT)
+    answered = await asyncio.wait_for(asyncio.gather(*held), timeout=30)
+    ids = {r["event_id"]: r["id"] for r in rows(db, "SELECT id, event_id FROM deliveries")}
+    for i, result in enumerate(answered):
+        assert result == IngestResult(True, ids[f"wevt_held_{i}"])
+    for i, result in enumerate(later):
+        assert result == IngestResult(True, ids[f"wevt_later_{i}"])
+    await inbox.stop()
+    first.to_writer.close()  # type: ignore[union-attr]
+    await asyncio.wait_for(first.gone, timeout=30)
+
+
+async def test_a_failing_batch_observer_loses_no_answer(db_url: str) -> None:
+    def observe(size: int) -> None:
+        raise RuntimeError("a broken metrics backend")
+
+    inbox = Inbox.connect(db_url, on_batch=observe)
+    try:
+        results = await asyncio.gather(*(inbox.ingest(delivery(f"wevt_{i}")) for i in range(20)))
+        assert [r.new for r in results] == [True] * 20
+        assert (await inbox.ingest(delivery("wevt_after"))).new  # the pairing held
+        await inbox.stop()
+    finally:
+        inbox.close()
+
+
+def test_an_inbox_used_from_one_loop_then_another_still_answers(inbox: Inbox) -> None:
+    assert asyncio.run(inbox.ingest(delivery("wevt_first_loop"))).new
+    # The first loop is gone, and with it the pipes to its writer: a new one serves this one.
+    assert asyncio.run(inbox.ingest(delivery("wevt_second_loop"))).new
+    asyncio.run(inbox.stop())
+
+
 async def test_close_without_stop_leaves_no_writer_behind(db_url: str) -> None:
     inbox = Inbox.connect(db_url)
     await inbox.ingest(delivery("wevt_1"))

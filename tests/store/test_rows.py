@@ -4,6 +4,7 @@ text is what SQLAlchemy would have written."""
 
 import os
 import random
+import resource
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -37,8 +38,16 @@ def test_a_partial_frame_waits_for_the_rest() -> None:
     assert decoder.take() == [("ready",)]
 
 
-def test_the_writer_takes_every_message_already_in_its_pipe_at_once() -> None:
+@pytest.mark.parametrize("high", [False, True])
+def test_the_writer_takes_every_message_already_in_its_pipe_at_once(high: bool) -> None:
     read, write = os.pipe()
+    if high:  # the receiver's fd numbers pass through as they are; select() refuses >= 1024
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < 2048:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+        high_fd = os.dup2(read, 1500)
+        os.close(read)
+        read = high_fd
     try:
         inbound = Inbound(read)
         for n in range(3):
@@ -61,7 +70,8 @@ def test_the_writer_takes_every_message_already_in_its_pipe_at_once() -> None:
         AT,
         AT.astimezone(timezone(timedelta(hours=2))),
         None,
-        datetime(2241, 12, 31, 23, 59, 59, 999999, UTC),
+        datetime(2199, 12, 31, 23, 59, 59, 999999, UTC),
+        datetime(1900, 1, 1, 0, 0, 0, 1, UTC),
         datetime(1970, 1, 1, tzinfo=UTC),
     ],
 )
@@ -82,6 +92,13 @@ def test_a_delivery_comes_back_equal_to_the_microsecond(created: datetime | None
     back = from_row(tuple(back_row))
     assert back == d
     assert back.received_at.tzinfo is UTC
+
+
+def test_an_instant_the_row_cannot_keep_exactly_is_refused() -> None:
+    far = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    d = NewDelivery("wevt_1", "agent.created", "agent_1", None, far, AT, "{}")
+    with pytest.raises(ValueError, match="outside"):
+        to_row(d)
 
 
 def test_a_naive_datetime_is_refused_not_guessed() -> None:
