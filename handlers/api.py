@@ -83,9 +83,25 @@ async def _no_mark(session_id: str, **_: Any) -> None:
     return None
 
 
+class DeliveryReads:
+    """What one delivery's handlers read of its session, fetched once and shared by them.
+
+    A delivery's handlers run one after another in its lane, all about one transition: archive
+    and forward want the same transcript, and the second need not ask the API (or parse every
+    event) again. The live session is never shared: `ctx.session()` is fetched by each run, so
+    a handler deciding on the session's state now (delete: running again?) sees it now.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[Any] | None = None
+        self.files: list[Any] | None = None
+        self.result: SessionResult | None = None
+
+
 class HandlerContext:
     """What a handler gets: the notification, the API client, a logger, the clock, settings, and
-    lazy, cached views of the session (each fetched at most once per run)."""
+    lazy, cached views of the session: `session()` fetched at most once per run; `events()`,
+    `files()` and `result()` at most once per delivery in a worker, shared by its handlers."""
 
     def __init__(
         self,
@@ -99,6 +115,7 @@ class HandlerContext:
         attempt: int = 1,
         prior_runs: Sequence[PriorRun] = (),
         mark: SessionMarker | Callable[..., Awaitable[None]] = _no_mark,
+        reads: DeliveryReads | None = None,
     ) -> None:
         self.event = event
         self.client = client
@@ -110,9 +127,7 @@ class HandlerContext:
         self.prior_runs = tuple(prior_runs)
         self._mark = mark
         self._session: BetaManagedAgentsSession | None = None
-        self._events: list[Any] | None = None
-        self._files: list[Any] | None = None
-        self._result: SessionResult | None = None
+        self._reads = reads if reads is not None else DeliveryReads()
         self._lock = asyncio.Lock()
 
     @property
@@ -128,27 +143,30 @@ class HandlerContext:
 
     async def events(self) -> list[Any]:
         """Every event of the session, in order, following every page."""
-        if self._events is None:
+        reads = self._reads
+        if reads.events is None:
             pages = self.client.beta.sessions.events.list(self.session_id)
-            self._events = [event async for event in pages]
-        return self._events
+            reads.events = [event async for event in pages]
+        return reads.events
 
     async def files(self) -> list[Any]:
         """Files the session produced; none when the files API has nothing (or 404s)."""
-        if self._files is None:
+        reads = self._reads
+        if reads.files is None:
             try:
                 pages = self.client.beta.files.list(scope_id=self.session_id)
-                self._files = [f async for f in pages]
+                reads.files = [f async for f in pages]
             except anthropic.NotFoundError:
-                self._files = []
-        return self._files
+                reads.files = []
+        return reads.files
 
     async def result(self) -> SessionResult:
         async with self._lock:
-            if self._result is None:
+            reads = self._reads
+            if reads.result is None:
                 session = await self.session()
-                self._result = build_result(session, await self.events(), await self.files())
-            return self._result
+                reads.result = build_result(session, await self.events(), await self.files())
+            return reads.result
 
     async def mark_session(
         self,

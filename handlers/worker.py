@@ -5,6 +5,7 @@ Concurrency is bounded by `Settings.worker.concurrency`; lanes keep one session'
 """
 
 import asyncio
+import collections
 import os
 import socket
 import time
@@ -18,7 +19,7 @@ import structlog
 from anthropic import AsyncAnthropic
 
 from handlers import metrics
-from handlers.api import HandlerContext, Notification, PriorRun
+from handlers.api import DeliveryReads, HandlerContext, Notification, PriorRun
 from handlers.events import DELETED_TYPES, is_known
 from handlers.marking import session_marker
 from handlers.registry import Registry
@@ -34,6 +35,9 @@ from store.sessions import SessionStore
 log = structlog.get_logger(__name__)
 
 MAX_ERROR_CHARS = 2000
+# A delivery's shared reads: kept for this long, and for this many recent deliveries.
+READS_TTL_SECONDS = 60.0
+READS_KEPT = 64
 
 
 def default_worker_id() -> str:
@@ -85,6 +89,10 @@ class Worker:
         self._wakeup = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        # Each recent delivery's shared reads (handlers.api.DeliveryReads), oldest first.
+        self._reads: collections.OrderedDict[int, tuple[float, DeliveryReads]] = (
+            collections.OrderedDict()
+        )
         unknown = {h for rule in settings.routes for h in rule.handlers} - set(registry.names())
         if unknown:
             log.warning("worker.routes_name_missing_handlers", handlers=sorted(unknown))
@@ -275,6 +283,20 @@ class Worker:
         )
         return list(outcome.decision.handlers)
 
+    def _reads_for(self, delivery_id: int) -> DeliveryReads:
+        """The reads this delivery's earlier handlers made here, if recent; else new ones.
+
+        Bounded in number and age: a retry minutes later reads afresh, and a worker holds the
+        transcripts of a few deliveries at a time, not of every session it has seen."""
+        now = time.monotonic()
+        made, reads = self._reads.pop(delivery_id, (now, DeliveryReads()))
+        if now - made >= READS_TTL_SECONDS:
+            made, reads = now, DeliveryReads()
+        self._reads[delivery_id] = (made, reads)
+        while len(self._reads) > READS_KEPT:
+            self._reads.popitem(last=False)
+        return reads
+
     async def _call_plugin(self, run: ClaimedRun, bound: Any) -> None:
         handler = self.registry.get(run.handler)
         if handler is None:
@@ -291,6 +313,7 @@ class Worker:
             attempt=run.attempts,
             prior_runs=[PriorRun(handler=p.handler, state=p.state) for p in prior],
             mark=self._mark,
+            reads=self._reads_for(run.delivery_id),
         )
         try:
             await handler.handle(ctx)

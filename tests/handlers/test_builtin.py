@@ -6,7 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anthropic
+import httpx
 import pytest
+import structlog
 from standardwebhooks.webhooks import Webhook
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -266,3 +268,31 @@ def test_moved_on(status: str, change: float | None, expected: str | None) -> No
     assert moved_on(status, last, received_at=at, event_created_at=at) == expected
     # Our clock behind Anthropic's: the envelope time still covers the notified transition.
     assert moved_on("idle", at + timedelta(seconds=3), at, at + timedelta(seconds=3)) is None
+
+
+async def test_one_deliverys_handlers_share_one_read_of_the_transcript(
+    store: RunStore, settings, emulator_url: str, sessions: Sessions
+) -> None:
+    """archive then log, for one delivery: the transcript is asked for once, not per handler;
+    the live session still once per run that needs it."""
+    session_id = sessions.finished(script="long:3")
+    asked: list[str] = []
+
+    async def count(request: httpx.Request) -> None:
+        asked.append(f"{request.method} {request.url.path}")
+
+    http = anthropic.DefaultAsyncHttpxClient(event_hooks={"request": [count]})
+    async with anthropic.AsyncAnthropic(
+        api_key=API_KEY, base_url=emulator_url, max_retries=0, http_client=http
+    ) as client:
+        worker = Worker(store, builtins(), client, with_routes(settings, "archive", "log"))
+        add_delivery(store.engine, IDLE, session_id)
+        with structlog.testing.capture_logs() as logs:
+            await run_until(worker, lambda: store.unfinished() == 0)
+    events_path = f"GET /v1/sessions/{session_id}/events"
+    # One read of the latest events to route, one of every event for archive; log reuses it.
+    assert asked.count(events_path) == 2, asked
+    assert asked.count("GET /v1/files") == 1, asked
+    [line] = [e for e in logs if e["event"] == "session.result"]
+    assert (line["session_id"], line["stop_reason"]) == (session_id, "end_turn")
+    assert (settings.results_dir / session_id / "result.json").exists()
