@@ -32,6 +32,7 @@ import httpx2  # the SDK's own fork of httpx: its client takes only httpx2 objec
 
 from bench.common import (
     PYTHON,
+    children,
     cpu_seconds,
     emulator_process,
     open_sockets,
@@ -136,8 +137,9 @@ async def sample(http: httpx.AsyncClient, emulator_url: str, pid: int, began: fl
         running=by_status.get("running", 0),
         idle=by_status.get("idle", 0),
         live=stats["sessions"]["live"],
-        cpu=cpu_seconds(pid),
-        rss_kib=rss_kib(pid),
+        # The serve process and its inbox writer process: both are idlehook's cost.
+        cpu=cpu_seconds(pid) + sum(map(cpu_seconds, children(pid))),
+        rss_kib=rss_kib(pid) + sum(map(rss_kib, children(pid))),
         sockets=open_sockets(pid),
     )
 
