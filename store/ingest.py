@@ -121,21 +121,6 @@ def to_row(d: NewDelivery) -> Row:
     )
 
 
-def from_row(r: Row) -> NewDelivery:
-    return NewDelivery(
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        _datetime(r[4]),
-        datetime.fromtimestamp(r[5], UTC),
-        r[6],
-        r[7],
-        r[8],
-        r[9],
-    )
-
-
 def _datetime(seconds: float | None) -> datetime | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
 

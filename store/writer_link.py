@@ -225,14 +225,15 @@ class WriterLink:
             raise RuntimeError(f"{len(wire)} answers for {len(sent)} rows")
         batch = [sent.popleft() for _ in wire]
         committed = False
-        for (_, future), outcome in zip(batch, wire, strict=True):
-            committed = committed or type(outcome) is int
+        for (_, future), answer in zip(batch, wire, strict=True):
+            outcome = frames.outcome_from_wire(answer)
+            committed = committed or isinstance(outcome, IngestResult)
             if future.done():  # the caller went away (client disconnect, cancel)
                 continue
-            if type(outcome) is int:
-                future.set_result(IngestResult(outcome > 0, abs(outcome)))
+            if isinstance(outcome, IngestResult):
+                future.set_result(outcome)
             else:
-                future.set_exception(StoreUnavailable(outcome))
+                future.set_exception(outcome)
         # Every caller is answered; what follows only reports, and must not break the pairing.
         try:
             if committed and self.on_batch is not None:

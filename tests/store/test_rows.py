@@ -2,16 +2,19 @@
 any split, rows and outcomes survive the trip exactly, EOF is not a message, and a row's SQLite
 text is what SQLAlchemy would have written."""
 
+import asyncio
 import os
 import random
 import resource
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from sqlmodel import Session, select
 
 from store import frames
-from store.ingest import IngestResult, NewDelivery, StoreUnavailable, from_row, sqlite_time, to_row
-from store.models import Source
+from store.inbox import Inbox
+from store.ingest import IngestResult, NewDelivery, StoreUnavailable, sqlite_time, to_row
+from store.models import Delivery, Source
 from store.writer_process import Inbound
 
 AT = datetime(2026, 12, 1, 8, 0, 0, 123457, tzinfo=UTC)
@@ -64,34 +67,46 @@ def test_the_writer_takes_every_message_already_in_its_pipe_at_once(high: bool) 
             os.close(write)
 
 
-@pytest.mark.parametrize(
-    "created",
-    [
-        AT,
-        AT.astimezone(timezone(timedelta(hours=2))),
-        None,
-        datetime(2199, 12, 31, 23, 59, 59, 999999, UTC),
-        datetime(1900, 1, 1, 0, 0, 0, 1, UTC),
-        datetime(1970, 1, 1, tzinfo=UTC),
-    ],
-)
-def test_a_delivery_comes_back_equal_to_the_microsecond(created: datetime | None) -> None:
-    d = NewDelivery(
-        "wevt_1",
-        "session.status_idled",
-        "sesn_1",
-        "sesn_1",
-        created,
-        AT,
-        "{}",
-        {"a": "b"},
-        0,
-        Source.RECONCILE,
-    )
-    [back_row] = frames.Decoder().feed(frames.encode(to_row(d)))
-    back = from_row(tuple(back_row))
-    assert back == d
-    assert back.received_at.tzinfo is UTC
+INSTANTS = [
+    AT,
+    AT.astimezone(timezone(timedelta(hours=2))),
+    None,
+    datetime(2199, 12, 31, 23, 59, 59, 999999, UTC),
+    datetime(1900, 1, 1, 0, 0, 0, 1, UTC),
+    datetime(1970, 1, 1, tzinfo=UTC),
+]
+
+
+async def test_a_delivery_is_stored_equal_to_the_microsecond(db_url: str) -> None:
+    """Through the writer process, on both engines: the row's float seconds, the frame, the
+    SQLite text or the PostgreSQL timestamp, and back."""
+    sent = [
+        NewDelivery(
+            f"wevt_{i}",
+            "session.status_idled",
+            "sesn_1",
+            "sesn_1",
+            created,
+            AT + timedelta(microseconds=i),
+            "{}",
+            {"a": "b"},
+            0,
+            Source.RECONCILE,
+        )
+        for i, created in enumerate(INSTANTS)
+    ]
+    inbox = Inbox.connect(db_url)
+    try:
+        await asyncio.gather(*(inbox.ingest(d) for d in sent))
+        await inbox.stop()
+        with Session(inbox.engine) as session:
+            stored = {d.event_id: d for d in session.exec(select(Delivery))}
+    finally:
+        inbox.close()
+    for d in sent:
+        got = stored[d.event_id]
+        assert (got.event_created_at, got.received_at) == (d.event_created_at, d.received_at)
+        assert (got.headers, got.source, got.secret_index) == ({"a": "b"}, "reconcile", 0)
 
 
 def test_an_instant_the_row_cannot_keep_exactly_is_refused() -> None:
