@@ -144,16 +144,8 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
         if int(declared) > limit:
             raise BodyTooLarge("body_too_large")
     # Counted while streaming too: a chunked body declares no length, and a declared one can lie.
-    message = await receive()
-    if message["type"] == "http.disconnect":
-        return None
-    body: bytes = message.get("body", b"")
-    if len(body) > limit:
-        raise BodyTooLarge("body_too_large")
-    if not message.get("more_body", False):
-        return body  # the usual case: the whole body in one message
-    chunks = [body]
-    size = len(body)
+    chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -162,9 +154,10 @@ async def _read_body(headers: dict[str, str], receive: Receive, limit: int) -> b
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge("body_too_large")
-        chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            # Usually the whole body came in one message: no list, no join.
+            return b"".join([*chunks, chunk]) if chunks else chunk
+        chunks.append(chunk)
 
 
 def _error_body(reason: str) -> bytes:

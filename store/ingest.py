@@ -85,7 +85,7 @@ def session_id_for(event_type: str, resource_id: str) -> str | None:
 # A delivery as one plain tuple, in NewDelivery's field order, its two datetimes as float seconds
 # since the epoch (exact to the microsecond for any instant before the year 2242). The form the
 # SQL below takes, and the one that crosses to the writer process (store/frames.py): the
-# webhook path builds it directly, sparing the event loop a datetime and a conversion each.
+# webhook path builds it directly, sparing the event loop a NewDelivery and its conversion.
 Row = tuple[str, str, str, str | None, float | None, float, str, dict[str, str], int | None, str]
 _ID: Final = 0
 _RECEIVED: Final = 5

@@ -124,9 +124,11 @@ def serve(read_fd: int, write: BinaryIO) -> None:
     else:
         engine = make_engine(url, pool_size=1)
         writer = partial(write_rows, engine)
+    early = first[1:]  # the receiver sends rows only after "ready"; kept, should any come
     try:
         _send(write, ("ready",))
-        while messages := inbound.wait():
+        while messages := early or inbound.wait():
+            early = []
             rows: list[Row] = []
             now = 0.0
             for _, at, part in messages:
