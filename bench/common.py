@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import httpx
 import psycopg
 from standardwebhooks import Webhook
 
+from emulator.ids import new_id
 from idlehook.settings import env_flag
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +127,16 @@ def signed_event(
         "user-agent": "Anthropic-Webhooks/bench",
     }
     return body.encode(), headers
+
+
+def event_ids(ordered: bool = False) -> Callable[[int], str]:
+    """The id of the i-th event a load generator sends. Shaped like Anthropic's (an opaque random
+    tail, as the emulator makes them) unless `ordered`: ids that sort in sending order make the
+    store's unique index append instead of insert at random, which flatters every receiver."""
+    if not ordered:
+        return lambda _: new_id("wevt_")
+    prefix = uuid.uuid4().hex[:8]
+    return lambda i: f"wevt_{prefix}{i:08d}"
 
 
 def percentile(values: Sequence[float], q: float) -> float:

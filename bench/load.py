@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,8 +12,7 @@ from typing import Any
 
 from standardwebhooks import Webhook
 
-from bench.common import PYTHON, ROOT, SECRET, signed_event
-from emulator.ids import new_id
+from bench.common import PYTHON, ROOT, SECRET, event_ids, signed_event
 
 LUA = ROOT / "bench" / "webhooks.lua"
 
@@ -24,14 +22,12 @@ def have_wrk() -> bool:
 
 
 def _requests_file(count: int, sessions: list[str], path: Path, ordered: bool = False) -> None:
-    """`count` distinct signed webhooks. Their ids are shaped like Anthropic's (an opaque random
-    tail, as the emulator makes them) unless `ordered`: ids that sort in sending order make the
-    store's unique index append instead of insert at random, which flatters every receiver."""
+    """`count` distinct signed webhooks, their ids from `bench.common.event_ids(ordered)`."""
     signer = Webhook(SECRET)
-    prefix = uuid.uuid4().hex[:8]
+    event_id_at = event_ids(ordered)
     with path.open("w") as out:
         for i in range(count):
-            event_id = f"wevt_{prefix}{i:08d}" if ordered else new_id("wevt_")
+            event_id = event_id_at(i)
             body, headers = signed_event(signer, event_id, sessions[i % len(sessions)])
             out.write(
                 f"{event_id}\t{headers['webhook-timestamp']}\t{headers['webhook-signature']}\t"
@@ -80,7 +76,7 @@ def drive(
     sessions = sessions or ["sesn_bench"]
     per_port = max(1, connections // len(ports))
     if not have_wrk():
-        return _drive_python(ports, seconds, connections, expect_rps, sessions)
+        return _drive_python(ports, seconds, connections, expect_rps, sessions, ordered_ids)
     threads = 1 if len(ports) > 1 else 2
     # Enough distinct events that no thread wraps round to re-send (duplicates ack cheaper).
     count = int(expect_rps * (seconds + 1) * 1.3 / len(ports)) + 1000
@@ -118,7 +114,12 @@ def drive(
 
 
 def _drive_python(
-    ports: list[int], seconds: float, connections: int, expect_rps: float, sessions: list[str]
+    ports: list[int],
+    seconds: float,
+    connections: int,
+    expect_rps: float,
+    sessions: list[str],
+    ordered_ids: bool,
 ) -> dict[str, Any]:
     count = int(expect_rps * (seconds + 2) * 1.3)
     out = subprocess.run(
@@ -136,6 +137,7 @@ def _drive_python(
             str(count),
             "--sessions",
             ",".join(sessions),
+            *(["--ordered"] if ordered_ids else []),
         ],
         cwd=ROOT,
         capture_output=True,

@@ -9,19 +9,19 @@ import asyncio
 import itertools
 import json
 import time
-import uuid
 from collections.abc import Iterator
 
 from standardwebhooks import Webhook
 
-from bench.common import SECRET, WEBHOOK_PATH, percentile, signed_event
+from bench.common import SECRET, WEBHOOK_PATH, event_ids, percentile, signed_event
 
 
-def requests(prefix: str, sessions: list[str], count: int, host: str) -> list[bytes]:
+def requests(sessions: list[str], count: int, host: str, ordered: bool = False) -> list[bytes]:
     signer = Webhook(SECRET)
+    event_id_at = event_ids(ordered)
     out = []
     for i in range(count):
-        body, headers = signed_event(signer, f"wevt_{prefix}{i:08d}", sessions[i % len(sessions)])
+        body, headers = signed_event(signer, event_id_at(i), sessions[i % len(sessions)])
         lines = [f"POST {WEBHOOK_PATH} HTTP/1.1", f"host: {host}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append(f"content-length: {len(body)}")
@@ -72,7 +72,7 @@ async def connection(
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     targets = [t.rsplit(":", 1) for t in args.targets.split(",")]
-    raw = requests(args.prefix, args.sessions.split(","), args.count, targets[0][0])
+    raw = requests(args.sessions.split(","), args.count, targets[0][0], args.ordered)
     pool = iter(raw)  # shared: every request is sent once, whichever connection takes it
     stats = Stats()
     start = time.perf_counter()
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--count", type=int, default=100_000)
     parser.add_argument("--sessions", default="sesn_bench")
-    parser.add_argument("--prefix", default=uuid.uuid4().hex[:6])
+    parser.add_argument("--ordered", action="store_true", help="ids in sending order")
     args = parser.parse_args()
     try:
         import uvloop
