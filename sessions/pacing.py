@@ -19,7 +19,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from store.engine import is_sqlite
-from store.launches import write_lock
 from store.models import RateSlot
 
 log = structlog.get_logger(__name__)
@@ -84,7 +83,7 @@ class Pacer:
         """Reserve `count` consecutive slots in one atomic step."""
         interval = self.interval(kind)
         self._ensure_row(kind)
-        with write_lock(self.engine), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             # Read the clock inside the transaction: on SQLite the write lock is already held,
             # so a caller that queued for the lock cannot be handed a slot in the past.
             now = self._now()
@@ -102,7 +101,7 @@ class Pacer:
         self.interval(kind)
         until = self._now() + max(0.0, retry_after_s)
         self._ensure_row(kind)
-        with write_lock(self.engine), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             conn.execute(
                 sa.update(RateSlot)
                 .where(col(RateSlot.kind) == kind)
@@ -114,7 +113,7 @@ class Pacer:
     def _ensure_row(self, kind: str) -> None:
         if kind in self._known:
             return
-        with write_lock(self.engine), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             conn.execute(
                 sa.text(
                     "INSERT INTO rate_slots (kind, next_at) VALUES (:kind, 0) "

@@ -1,7 +1,9 @@
 """make_engine(url): SQLite in WAL mode, or PostgreSQL; migrate(engine): alembic upgrade head."""
 
 import sqlite3
+import threading
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
@@ -31,16 +33,14 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         path = sa.engine.make_url(url).database
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connect_args: dict[str, Any] = {"check_same_thread": False, "timeout": _SQLITE_TIMEOUT}
+        if path and path != ":memory:" and not path.startswith("file:"):
+            connect_args["factory"] = GatedConnection
         engine = sa.create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": _SQLITE_TIMEOUT},
-            pool_size=pool_size,
-            max_overflow=pool_size,
+            url, connect_args=connect_args, pool_size=pool_size, max_overflow=pool_size
         )
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own BEGIN handling defers the write lock; BEGIN IMMEDIATE takes it up
-        # front so two writers never deadlock on a lock upgrade.
-        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        sa.event.listen(engine, "begin", _begin_immediate)
         return engine
     return sa.create_engine(
         url,
@@ -64,6 +64,90 @@ def sqlite_connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=_SQLITE_TIMEOUT, check_same_thread=False)
     _sqlite_pragmas(conn, None)
     return conn
+
+
+# One gate per SQLite file in this process (keyed by its resolved path).
+_GATES: dict[str, threading.Lock] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def _gate(path: str) -> threading.Lock:
+    key = str(Path(path).resolve())
+    with _GATES_LOCK:
+        return _GATES.setdefault(key, threading.Lock())
+
+
+class GatedConnection(sqlite3.Connection):
+    """A sqlite3 connection whose write transactions queue on one lock per file per process.
+
+    SQLite has one writer at a time, and a connection that finds the lock taken waits in its
+    busy handler, which sleeps in steps of 1, 2, 5 ... up to 100 ms: a thread could sleep 25 ms
+    for a lock freed after 0.3. Threads of one process (the worker's, the sweeps', the API's)
+    instead queue on this gate, which hands over the instant a transaction ends; only another
+    process (the inbox writer, a second worker) still meets the busy handler.
+
+    The gate is taken just before BEGIN IMMEDIATE and given back when the transaction ends by
+    commit, rollback or close, whichever thread does it (a plain Lock: the pool may close a
+    connection from another thread).
+    """
+
+    def __init__(self, database: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        self._gate = _gate(database)
+        self._holding = False
+
+    def take_gate(self, timeout: float) -> bool:
+        if self._holding:  # a BEGIN inside a transaction fails in SQLite, not here
+            return True
+        if not self._gate.acquire(timeout=timeout):
+            return False
+        self._holding = True
+        return True
+
+    def give_gate(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._gate.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            if not self.in_transaction:
+                self.give_gate()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            if not self.in_transaction:
+                self.give_gate()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.give_gate()
+
+
+def _begin_immediate(conn: sa.Connection) -> None:
+    """BEGIN IMMEDIATE: pysqlite's own BEGIN defers the write lock, and two writers that both
+    read first then deadlock on the upgrade; taking it up front serialises them instead."""
+    raw = conn.connection.driver_connection
+    if isinstance(raw, GatedConnection):
+        # The gate, then SQLite's busy handler (a writer in another process), may each take
+        # up to the timeout.
+        if not raw.take_gate(_SQLITE_TIMEOUT):
+            # As SQLite's own busy timeout would end: an OperationalError, so a 503 or a retry.
+            locked = sqlite3.OperationalError("database is locked (waited for this process)")
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, locked)
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            raw.give_gate()
+            raise
+        return
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

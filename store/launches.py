@@ -6,10 +6,8 @@ so a worker that lost its lease (it stalled, another took over) cannot overwrite
 outcome.
 """
 
-import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -23,22 +21,6 @@ from store.engine import is_sqlite
 from store.models import EnvironmentCheck, Launch, LaunchState, TrackedSession, utcnow
 
 UNFINISHED = (LaunchState.QUEUED, LaunchState.CREATING)
-_SQLITE_WRITERS: dict[str, threading.Lock] = {}
-
-
-@contextmanager
-def write_lock(engine: Engine) -> Iterator[None]:
-    """SQLite has one writer at a time. Threads of one process queue here rather than in
-    SQLite's busy handler, which sleeps in steps of up to 100 ms and wrecks throughput; other
-    processes still meet the busy handler. PostgreSQL locks rows, so this is a no-op there."""
-    if not is_sqlite(engine):
-        yield
-        return
-    lock = _SQLITE_WRITERS.setdefault(str(engine.url), threading.Lock())
-    with lock:
-        yield
-
-
 QUIET_STATUSES = ("idle", "terminated")
 
 
@@ -87,7 +69,7 @@ class LaunchStore:
 
     def add_many(self, launches: Sequence[NewLaunch]) -> list[tuple[Launch, bool]]:
         out: list[tuple[Launch, bool]] = []
-        with write_lock(self.engine), self._session() as db:
+        with self._session() as db:
             for item in launches:
                 out.append(self._add_one(db, item))
             db.commit()
@@ -161,7 +143,7 @@ class LaunchStore:
         if not is_sqlite(self.engine):
             query = query.with_for_update(skip_locked=True)
         token = f"{owner[:180]}:{uuid.uuid4().hex[:12]}"
-        with write_lock(self.engine), self._session() as db:
+        with self._session() as db:
             ids = list(db.exec(query))
             if not ids:
                 return []
@@ -183,7 +165,7 @@ class LaunchStore:
             return sorted(rows, key=lambda r: (r.next_attempt_at, r.id or 0))
 
     def _fenced(self, launch_id: int, token: str, **values: Any) -> bool:
-        with write_lock(self.engine), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             result = conn.execute(
                 sa.update(Launch)
                 .where(col(Launch.id) == launch_id, col(Launch.lease_owner) == token)
@@ -261,7 +243,7 @@ class LaunchStore:
         now = self._now()
         for _ in range(2):
             try:
-                with write_lock(self.engine), self._session() as db:
+                with self._session() as db:
                     done = db.execute(
                         sa.update(Launch)
                         .where(col(Launch.id) == launch_id, col(Launch.lease_owner) == token)
@@ -324,7 +306,7 @@ class LaunchStore:
         now = self._now()
         for _ in range(2):
             try:
-                with write_lock(self.engine), self._session() as db:
+                with self._session() as db:
                     row = db.get(EnvironmentCheck, environment_id)
                     if row is None:
                         row = EnvironmentCheck(environment_id=environment_id)
@@ -388,7 +370,7 @@ class LaunchStore:
         cost_usd: float | None,
     ) -> None:
         now = self._now()
-        with write_lock(self.engine), self._session() as db:
+        with self._session() as db:
             row = db.get(TrackedSession, session_id)
             if row is None:
                 return
@@ -411,7 +393,7 @@ class LaunchStore:
         self._update_tracked(session_id, deleted_at=self._now())
 
     def _update_tracked(self, session_id: str, **values: Any) -> None:
-        with write_lock(self.engine), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             conn.execute(
                 sa.update(TrackedSession)
                 .where(col(TrackedSession.id) == session_id)
