@@ -1,7 +1,9 @@
 """make_engine(url): SQLite in WAL mode, or PostgreSQL; migrate(engine): alembic upgrade head."""
 
+import contextlib
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,8 @@ def _gate(path: str) -> threading.Lock:
 
 
 class GatedConnection(sqlite3.Connection):
-    """A sqlite3 connection whose write transactions queue on one lock per file per process.
+    """A sqlite3 connection whose transactions queue on one lock per file per process (every
+    transaction here is BEGIN IMMEDIATE, reads included: see `_begin_immediate`).
 
     SQLite has one writer at a time, and a connection that finds the lock taken waits in its
     busy handler, which sleeps in steps of 1, 2, 5 ... up to 100 ms: a thread could sleep 25 ms
@@ -112,6 +115,14 @@ class GatedConnection(sqlite3.Connection):
     def commit(self) -> None:
         try:
             super().commit()
+        except BaseException:
+            # A COMMIT that fails can leave the transaction open, and SQLAlchemy then returns
+            # the connection to its pool without a reset: still holding SQLite's lock and the
+            # gate until that very connection is used again. Nothing was committed; end it.
+            if self.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    super().rollback()
+            raise
         finally:
             if not self.in_transaction:
                 self.give_gate()
@@ -134,20 +145,34 @@ def _begin_immediate(conn: sa.Connection) -> None:
     """BEGIN IMMEDIATE: pysqlite's own BEGIN defers the write lock, and two writers that both
     read first then deadlock on the upgrade; taking it up front serialises them instead."""
     raw = conn.connection.driver_connection
-    if isinstance(raw, GatedConnection):
-        # The gate, then SQLite's busy handler (a writer in another process), may each take
-        # up to the timeout.
-        if not raw.take_gate(_SQLITE_TIMEOUT):
-            # As SQLite's own busy timeout would end: an OperationalError, so a 503 or a retry.
-            locked = sqlite3.OperationalError("database is locked (waited for this process)")
-            raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, locked)
+    if not isinstance(raw, GatedConnection):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        return
+    timeout = _SQLITE_TIMEOUT
+    started = time.monotonic()
+    if not raw.take_gate(timeout):
+        # As SQLite's own busy timeout would end: an OperationalError, so a 503 or a retry.
+        locked = sqlite3.OperationalError("database is locked (waited for this process)")
+        raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, locked)
+    waited = time.monotonic() - started
+    try:
+        if waited < 0.001:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        # One deadline for both waits: SQLite's busy handler (a writer in another process)
+        # gets what the gate left of it, not a fresh timeout.
+        usual = int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+        left = max(1, min(usual, int((timeout - waited) * 1000)))
+        conn.exec_driver_sql(f"PRAGMA busy_timeout={left}")
         try:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        except BaseException:
-            raw.give_gate()
-            raise
-        return
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+        finally:
+            with contextlib.suppress(sa.exc.DBAPIError):  # at worst a shorter wait next time
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={usual}")
+    except BaseException:
+        # SQLAlchemy's rollback and the pool's reset would give it back too; not relied on.
+        raw.give_gate()
+        raise
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

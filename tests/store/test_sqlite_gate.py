@@ -6,6 +6,7 @@ fail at once with "database is locked": the gate is what keeps these writers apa
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,9 @@ from sqlalchemy.engine import Engine
 
 import store.engine
 from store.engine import GatedConnection, make_engine
+
+# An exception in a helper thread is a failure here, not a warning.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 
 def _no_busy_wait(dbapi_conn: sqlite3.Connection, _: object) -> None:
@@ -183,3 +187,85 @@ def test_two_files_do_not_share_a_gate(tmp_path: Path) -> None:
     finally:
         for e in engines:
             e.dispose()
+
+
+def test_a_failed_commit_ends_its_transaction_and_gives_the_gate_back(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store.engine, "_SQLITE_TIMEOUT", 0.5)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql(
+            "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id)"
+            " DEFERRABLE INITIALLY DEFERRED)"
+        )
+    conn = engine.connect()
+    tx = conn.begin()
+    conn.exec_driver_sql("INSERT INTO child (parent_id) VALUES (99)")  # checked at COMMIT
+    with pytest.raises(sa.exc.IntegrityError):
+        tx.commit()
+    # SQLAlchemy returns a connection whose COMMIT failed to the pool without a reset.
+    conn.close()
+    done: list[int] = []
+    t = threading.Thread(target=lambda: done.append(_insert_and_count(engine)))
+    t.start()
+    t.join()
+    assert done == [1]
+    with engine.connect() as check:
+        assert check.exec_driver_sql("SELECT count(*) FROM child").scalar_one() == 0
+
+
+def _waiting_engine(db_path: Path, busy_ms: int) -> Engine:
+    engine = make_engine(f"sqlite:///{db_path}", pool_size=2)
+    sa.event.listen(engine, "connect", lambda c, _: c.execute(f"PRAGMA busy_timeout={busy_ms}"))
+    return engine
+
+
+def test_the_gate_and_sqlites_busy_handler_share_one_deadline(
+    engine: Engine, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store.engine, "_SQLITE_TIMEOUT", 1.0)
+    waiting = _waiting_engine(db_path, 1000)
+    with waiting.connect():
+        pass  # its connection made (in WAL mode) before the lock below is taken
+    other = sqlite3.connect(db_path, isolation_level=None)  # another process, for SQLite
+    other.execute("BEGIN IMMEDIATE")
+    gate = store.engine._gate(str(db_path))
+    gate.acquire()  # as a thread of this process in a transaction would hold it
+    threading.Timer(0.6, gate.release).start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(sa.exc.OperationalError), waiting.begin():
+            pass
+        elapsed = time.monotonic() - started
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        waiting.dispose()
+    # 0.6 s at the gate leaves 0.4 s for SQLite; a fresh 1 s timeout would end at about 1.6 s.
+    assert 0.9 < elapsed < 1.3
+
+
+def test_a_wait_at_the_gate_leaves_the_busy_timeout_as_it_was(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store.engine, "_SQLITE_TIMEOUT", 1.0)  # leaves less than 1234 ms
+    waiting = _waiting_engine(db_path, 1234)
+    inside, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with waiting.begin():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert inside.wait(10)
+        threading.Timer(0.05, release.set).start()
+        with waiting.begin() as conn:  # waits ~50 ms at the gate, so takes the deadline path
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 1234
+    finally:
+        release.set()
+        t.join()
+        waiting.dispose()
