@@ -4,6 +4,7 @@ import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,23 +157,38 @@ def _begin_immediate(conn: sa.Connection) -> None:
         raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, locked)
     waited = time.monotonic() - started
     try:
-        if waited < 0.001:
+        if waited < timeout * _DEADLINE_SLACK:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-            return
-        # One deadline for both waits: SQLite's busy handler (a writer in another process)
-        # gets what the gate left of it, not a fresh timeout.
-        usual = int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
-        left = max(1, min(usual, int((timeout - waited) * 1000)))
-        conn.exec_driver_sql(f"PRAGMA busy_timeout={left}")
-        try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-        finally:
-            with contextlib.suppress(sa.exc.DBAPIError):  # at worst a shorter wait next time
-                conn.exec_driver_sql(f"PRAGMA busy_timeout={usual}")
+        else:
+            # One deadline for both waits (within the slack): SQLite's busy handler, for a
+            # writer in another process, gets what the gate left of it, not a fresh timeout.
+            with _busy_timeout(raw, timeout - waited):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
     except BaseException:
         # SQLAlchemy's rollback and the pool's reset would give it back too; not relied on.
         raw.give_gate()
         raise
+
+
+# A wait at the gate shorter than this share of the timeout leaves SQLite's busy timeout as it
+# is: adjusting it costs statements inside the gate, which every waiting thread then pays for.
+_DEADLINE_SLACK = 0.1
+
+
+@contextlib.contextmanager
+def _busy_timeout(raw: sqlite3.Connection, seconds: float) -> Iterator[None]:
+    """SQLite's busy timeout at most `seconds` for the block, then as it was (on the driver
+    connection itself: cheap, and a PRAGMA that cannot take effect only means a longer wait)."""
+    usual: int | None = None
+    with contextlib.suppress(sqlite3.Error):
+        usual = int(raw.execute("PRAGMA busy_timeout").fetchone()[0])
+        raw.execute(f"PRAGMA busy_timeout={max(1, min(usual, int(seconds * 1000)))}")
+    try:
+        yield
+    finally:
+        if usual is not None:
+            with contextlib.suppress(sqlite3.Error):
+                raw.execute(f"PRAGMA busy_timeout={usual}")
 
 
 def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:

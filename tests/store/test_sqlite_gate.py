@@ -262,8 +262,8 @@ def test_a_wait_at_the_gate_leaves_the_busy_timeout_as_it_was(
     t.start()
     try:
         assert inside.wait(10)
-        threading.Timer(0.05, release.set).start()
-        with waiting.begin() as conn:  # waits ~50 ms at the gate, so takes the deadline path
+        threading.Timer(0.2, release.set).start()
+        with waiting.begin() as conn:  # waits 0.2 s of 1 s at the gate: past the slack
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 1234
     finally:
         release.set()
