@@ -4,6 +4,7 @@ Each test's engine has SQLite's busy timeout at 0, so any contention that reache
 fail at once with "database is locked": the gate is what keeps these writers apart.
 """
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -38,6 +39,26 @@ def engine(db_path: Path) -> Iterator[Engine]:
         conn.exec_driver_sql("CREATE TABLE n (v INTEGER NOT NULL)")
     yield engine
     engine.dispose()
+
+
+@contextlib.contextmanager
+def _held(engine: Engine) -> Iterator[threading.Event]:
+    """A transaction held open by another thread until the block ends or the event is set."""
+    inside, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with engine.begin():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        assert inside.wait(10)
+        yield release
+    finally:
+        release.set()
+        t.join()
 
 
 def _count(engine: Engine) -> int:
@@ -109,20 +130,8 @@ def test_a_wait_past_the_timeout_is_an_operational_error_and_leaks_nothing(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(store.engine, "_SQLITE_TIMEOUT", 0.2)
-    inside, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with engine.begin():
-            inside.set()
-            release.wait(10)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    assert inside.wait(10)
-    with pytest.raises(sa.exc.OperationalError, match="locked"), engine.begin():
+    with _held(engine), pytest.raises(sa.exc.OperationalError, match="locked"), engine.begin():
         pass
-    release.set()
-    t.join()
     with engine.begin() as conn:  # the timed-out attempt took nothing with it
         conn.exec_driver_sql("INSERT INTO n (v) VALUES (1)")
     assert _count(engine) == 1
@@ -251,21 +260,10 @@ def test_a_wait_at_the_gate_leaves_the_busy_timeout_as_it_was(
 ) -> None:
     monkeypatch.setattr(store.engine, "_SQLITE_TIMEOUT", 1.0)  # leaves less than 1234 ms
     waiting = _waiting_engine(db_path, 1234)
-    inside, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with waiting.begin():
-            inside.set()
-            release.wait(10)
-
-    t = threading.Thread(target=holder)
-    t.start()
     try:
-        assert inside.wait(10)
-        threading.Timer(0.2, release.set).start()
-        with waiting.begin() as conn:  # waits 0.2 s of 1 s at the gate: past the slack
-            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 1234
+        with _held(waiting) as release:
+            threading.Timer(0.2, release.set).start()
+            with waiting.begin() as conn:  # waits 0.2 s of 1 s at the gate: past the slack
+                assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 1234
     finally:
-        release.set()
-        t.join()
         waiting.dispose()
