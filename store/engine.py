@@ -100,8 +100,12 @@ class GatedConnection(sqlite3.Connection):
         self._gate = _gate(database)
         self._holding = False
 
+    @property
+    def holding(self) -> bool:
+        return self._holding
+
     def take_gate(self, timeout: float) -> bool:
-        if self._holding:  # a BEGIN inside a transaction fails in SQLite, not here
+        if self._holding:
             return True
         if not self._gate.acquire(timeout=timeout):
             return False
@@ -151,6 +155,7 @@ def _begin_immediate(conn: sa.Connection) -> None:
         return
     timeout = _SQLITE_TIMEOUT
     started = time.monotonic()
+    already = raw.holding  # a BEGIN inside a transaction: SQLite refuses it, the gate stays
     if not raw.take_gate(timeout):
         # As SQLite's own busy timeout would end: an OperationalError, so a 503 or a retry.
         locked = sqlite3.OperationalError("database is locked (waited for this process)")
@@ -166,7 +171,8 @@ def _begin_immediate(conn: sa.Connection) -> None:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
     except BaseException:
         # SQLAlchemy's rollback and the pool's reset would give it back too; not relied on.
-        raw.give_gate()
+        if not already:
+            raw.give_gate()
         raise
 
 

@@ -267,3 +267,17 @@ def test_a_wait_at_the_gate_leaves_the_busy_timeout_as_it_was(
                 assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 1234
     finally:
         waiting.dispose()
+
+
+def test_a_begin_refused_inside_a_transaction_keeps_the_gate_for_that_transaction(
+    engine: Engine, db_path: Path
+) -> None:
+    gate = store.engine._gate(str(db_path))
+    with engine.connect() as conn:
+        tx = conn.begin()
+        conn.exec_driver_sql("INSERT INTO n (v) VALUES (1)")
+        with pytest.raises(sa.exc.OperationalError, match="within a transaction"):
+            store.engine._begin_immediate(conn)  # as a second BEGIN on this connection would
+        assert gate.locked()  # still this transaction's: SQLite's lock is still held too
+        tx.rollback()
+        assert not gate.locked()
