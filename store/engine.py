@@ -129,15 +129,17 @@ class GatedConnection(sqlite3.Connection):
                     super().rollback()
             raise
         finally:
-            if not self.in_transaction:
-                self.give_gate()
+            self._give_gate_if_ended()
 
     def rollback(self) -> None:
         try:
             super().rollback()
         finally:
-            if not self.in_transaction:
-                self.give_gate()
+            self._give_gate_if_ended()
+
+    def _give_gate_if_ended(self) -> None:
+        if not self.in_transaction:
+            self.give_gate()
 
     def close(self) -> None:
         try:

@@ -62,7 +62,6 @@ class Inbox:
     ) -> None:
         self.engine = engine
         self.now = now
-        self._on_batch = on_batch
         self._link = WriterLink(
             engine.url.render_as_string(hide_password=False),
             max_batch=max_batch,
@@ -77,11 +76,10 @@ class Inbox:
     @property
     def on_batch(self) -> Callable[[int], None] | None:
         """Observes each committed batch size; the receiver feeds it to a histogram."""
-        return self._on_batch
+        return self._link.on_batch
 
     @on_batch.setter
     def on_batch(self, observe: Callable[[int], None] | None) -> None:
-        self._on_batch = observe
         self._link.on_batch = observe
 
     @property
@@ -121,8 +119,8 @@ class Inbox:
     def write_batch(self, items: Sequence[NewDelivery]) -> list[IngestResult]:
         """Record `items` in one transaction, in-process; results line up with `items`."""
         results = ingest.write_batch(self.engine, items, self.now())
-        if results and self._on_batch is not None:
-            self._on_batch(len(items))
+        if results and self.on_batch is not None:
+            self.on_batch(len(items))
         return results
 
     # -- reads for health and metrics ------------------------------------------------------

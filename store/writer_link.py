@@ -208,8 +208,7 @@ class WriterLink:
                 marshal.dumps(row)
             except Exception as exc:
                 log.error("inbox.row_unsendable", error=repr(exc)[:200])
-                if not future.done():
-                    future.set_exception(StoreUnavailable("unsendable"))
+                _fail_future(future, StoreUnavailable("unsendable"))
             else:
                 sendable.append((row, future))
         return sendable
@@ -224,10 +223,12 @@ class WriterLink:
         if len(wire) > len(sent):  # cannot happen; if it does, the pairing is lost
             raise RuntimeError(f"{len(wire)} answers for {len(sent)} rows")
         batch = [sent.popleft() for _ in wire]
-        committed = False
-        for (_, future), answer in zip(batch, wire, strict=True):
+        stored: list[str] = []
+        duplicate: list[str] = []
+        for (row, future), answer in zip(batch, wire, strict=True):
             outcome = frames.outcome_from_wire(answer)
-            committed = committed or isinstance(outcome, IngestResult)
+            if isinstance(outcome, IngestResult):
+                (stored if outcome.new else duplicate).append(row[0])
             if future.done():  # the caller went away (client disconnect, cancel)
                 continue
             if isinstance(outcome, IngestResult):
@@ -236,10 +237,12 @@ class WriterLink:
                 future.set_exception(outcome)
         # Every caller is answered; what follows only reports, and must not break the pairing.
         try:
-            if committed and self.on_batch is not None:
+            if (stored or duplicate) and self.on_batch is not None:
                 self.on_batch(len(batch))
             _emit(events)
-            _log_commit(batch, wire)
+            if stored or duplicate:
+                # One line per commit, naming every event in it: "did event X arrive?" is a grep.
+                log.info("inbox.committed", stored=stored, duplicate=duplicate)
         except Exception:
             with contextlib.suppress(Exception):
                 log.exception("inbox.report_failed")
@@ -387,8 +390,7 @@ class WriterLink:
 
     def _fail(self, batch: list[_Pending], exc: StoreUnavailable) -> None:
         for _, future in batch:
-            if not future.done():
-                future.set_exception(exc)
+            _fail_future(future, exc)
         self._check_drained()
 
     def _check_drained(self) -> None:
@@ -447,14 +449,3 @@ def _emit(events: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 _METHODS = frozenset({"debug", "info", "warning", "error", "critical", "exception"})
-
-
-def _log_commit(batch: list[_Pending], outcomes: list[int | str]) -> None:
-    stored: list[str] = []
-    duplicate: list[str] = []
-    for (row, _), outcome in zip(batch, outcomes, strict=True):
-        if type(outcome) is int:
-            (stored if outcome > 0 else duplicate).append(row[0])
-    if stored or duplicate:
-        # One line per commit, naming every event in it: "did event X arrive?" is one grep.
-        log.info("inbox.committed", stored=stored, duplicate=duplicate)
