@@ -52,9 +52,11 @@ class SpeedClock:
         """Real wall-clock time, for object timestamps."""
         return self._wall()
 
-    def emulated_wall(self) -> datetime:
-        """Wall-clock time as the emulated world sees it: for cron schedules."""
-        return self._wall_origin + timedelta(seconds=self.elapsed())
+    def emulated_wall(self, elapsed: float | None = None) -> datetime:
+        """Wall-clock time as the emulated world sees it (now, or at emulated second
+        `elapsed`): for cron schedules and the billing report."""
+        at = self.elapsed() if elapsed is None else elapsed
+        return self._wall_origin + timedelta(seconds=at)
 
     def real_seconds(self, emulated: float) -> float:
         return max(0.0, emulated / self._speed)

@@ -69,7 +69,9 @@ class EmulatorConfig(_Model):
     # Real seconds between scheduler ticks for deployment cron schedules.
     scheduler_tick_seconds: float = Field(default=0.05, gt=0.0)
 
-    billing_model: BillingModel = "exists"
+    # `running`: runtime billed only while running, as the API bills it (usage.active_seconds).
+    # `exists`: from create to delete, the tutorial's model, kept for comparison.
+    billing_model: BillingModel = "running"
     container_hour_usd: float = Field(default=0.08, ge=0.0)
 
     rate_limits: RateLimits = Field(default_factory=RateLimits)

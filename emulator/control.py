@@ -20,6 +20,9 @@ def _emu(request: Request) -> Emulator:
 
 
 def billing_report(emu: Emulator, model: str | None = None) -> dict[str, Any]:
+    """The ledger priced under the configured billing model, or `model` (exists|running):
+    runtime and token list cost per session and in total, and what cut-short turns avoided.
+    Instants are on the emulated clock."""
     chosen: BillingModel = emu.config.billing_model
     if model == "exists":
         chosen = "exists"
@@ -27,7 +30,13 @@ def billing_report(emu: Emulator, model: str | None = None) -> dict[str, Any]:
         chosen = "running"
     elif model is not None:
         raise BadRequest("model: exists or running")
-    return billing.report(emu.ledger, chosen, emu.config.container_hour_usd, emu.clock.elapsed())
+    return billing.report(
+        emu.ledger,
+        chosen,
+        emu.config.container_hour_usd,
+        emu.clock.elapsed(),
+        wall_origin=emu.clock.emulated_wall(0.0),
+    )
 
 
 def stats(emu: Emulator) -> dict[str, Any]:

@@ -136,12 +136,11 @@ class Emulator:
         if record.status == status and status != "idle":
             return
         now = self.clock.elapsed()
-        if status == "running" and record.running_since is None:
-            record.running_since = now
+        # The ledger's running clock is the session's active_seconds: one clock, so the
+        # billing report and the Session object cannot disagree.
+        if status == "running":
             self.ledger.started(record.id, now)
-        elif status != "running" and record.running_since is not None:
-            record.active_seconds += now - record.running_since
-            record.running_since = None
+        else:
             self.ledger.stopped(record.id, now)
         if status == "terminated":
             record.ended_emulated = now
@@ -153,16 +152,21 @@ class Emulator:
         log.info("session.status", session_id=record.id, status=status)
 
     def active_seconds(self, record: SessionRecord) -> float:
-        extra = 0.0
-        if record.running_since is not None:
-            extra = self.clock.elapsed() - record.running_since
-        return record.active_seconds + extra
+        return self.ledger.running_seconds(record.id, self.clock.elapsed())
+
+    def usage(self, record: SessionRecord) -> dict[str, Any]:
+        """`usage` as the Session and `session.usage` events carry it: tokens, list cost and
+        the billed runtime."""
+        # A shallow copy is enough: the runner replaces nested values (list_cost), never edits
+        # them, so an event holding this copy keeps the numbers of its moment.
+        usage = dict(record.usage)
+        usage["active_seconds"] = round(self.active_seconds(record), 3)
+        return usage
 
     def session_json(self, record: SessionRecord) -> dict[str, Any]:
         end = record.ended_emulated if record.ended_emulated is not None else self.clock.elapsed()
-        active = round(self.active_seconds(record), 3)
-        usage = dict(record.usage)
-        usage["active_seconds"] = active
+        usage = self.usage(record)
+        active = usage["active_seconds"]
         return {
             **record.body,
             "status": record.status,

@@ -1,5 +1,9 @@
 """Deployments and their runs: a pinned agent version plus everything a session needs, fired
-manually (`/run`, synchronous) or by a cron schedule evaluated on the emulated clock."""
+manually (`/run`, synchronous) or by a cron schedule evaluated on the emulated clock.
+
+A deployment's `budget` is stamped onto each session it fires, so its pinned agent must be
+budgetable when the budget is set (400 `model_not_budgetable`); each fire checks again through
+the session create, and a failure there is recorded on the run."""
 
 import asyncio
 from datetime import datetime
@@ -7,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from emulator import cron, sessions, validation
+from emulator import budgets, cron, sessions, validation
 from emulator.clock import rfc3339
 from emulator.core import Emulator
 from emulator.errors import APIError, BadRequest, NotFound
@@ -44,6 +48,13 @@ def _pin(emu: Emulator, value: Any) -> dict[str, Any]:
     return {"type": "agent", "id": ref["id"], "version": version}
 
 
+def _budget(emu: Emulator, value: Any, pin: dict[str, Any]) -> dict[str, Any] | None:
+    budget = budgets.parse(value)
+    if budget is not None:
+        budgets.require_budgetable(emu, emu.store.agent(pin["id"]).versions[pin["version"] - 1])
+    return budget
+
+
 def _arm(emu: Emulator, record: DeploymentRecord) -> None:
     sched = record.body["schedule"]
     if sched is None or record.body["archived_at"] is not None:
@@ -74,12 +85,13 @@ def create(emu: Emulator, body: Any) -> dict[str, Any]:
     if len(resources) > 500 or len(vault_ids) > 50:
         raise BadRequest("at most 500 resources and 50 vault_ids")
     now = rfc3339(emu.clock.now())
-    deployment = {
+    pin = _pin(emu, body.get("agent"))
+    deployment: dict[str, Any] = {
         "id": new_id("depl_"),
         "type": "deployment",
         "name": validation.required_str(body, "name", max_len=256),
         "description": validation.optional_str(body, "description"),
-        "agent": _pin(emu, body.get("agent")),
+        "agent": pin,
         "environment_id": env_id,
         "initial_events": validation.initial_events(
             body.get("initial_events"), validation.DEPLOYMENT_INITIAL_TYPES, min_count=1
@@ -89,7 +101,7 @@ def create(emu: Emulator, body: Any) -> dict[str, Any]:
             {k: v for k, v in r.items() if k != "authorization_token"} for r in resources
         ],
         "vault_ids": vault_ids,
-        "budget": body.get("budget"),
+        "budget": _budget(emu, body.get("budget"), pin),
         "schedule": _schedule(body.get("schedule")),
         "status": "active",
         "paused_reason": None,
@@ -110,12 +122,14 @@ def update(emu: Emulator, deployment_id: str, body: Any) -> dict[str, Any]:
     if record.body["archived_at"] is not None:
         raise BadRequest(f"deployment {deployment_id} is archived")
     dep = record.body
+    # Checked before anything changes: the budget must fit the agent the update leaves pinned.
+    pin = _pin(emu, body["agent"]) if "agent" in body else dep["agent"]
+    budget = _budget(emu, body["budget"] if "budget" in body else dep["budget"], pin)
     if "name" in body:
         dep["name"] = validation.required_str(body, "name", max_len=256)
     if "description" in body:
         dep["description"] = validation.optional_str(body, "description")
-    if "agent" in body:
-        dep["agent"] = _pin(emu, body["agent"])
+    dep["agent"], dep["budget"] = pin, budget
     if "environment_id" in body:
         dep["environment_id"] = emu.store.environment(body["environment_id"])["id"]
     if "initial_events" in body:
@@ -128,8 +142,6 @@ def update(emu: Emulator, deployment_id: str, body: Any) -> dict[str, Any]:
     for key in ("resources", "vault_ids"):
         if key in body:
             dep[key] = body[key] or []
-    if "budget" in body:
-        dep["budget"] = body["budget"]
     if "schedule" in body:
         dep["schedule"] = _schedule(body["schedule"])
         _arm(emu, record)

@@ -1,12 +1,19 @@
 """Drives a session's scripted turn on the event loop: running, agent events spread over the
 run time (emulated), then idle with a stop_reason, or termination. Blocking tool calls park the
-turn in `record.remaining` until the answers arrive through `resume`."""
+turn in `record.remaining` until the answers arrive, as does a budget pause until the budget is
+raised or removed.
+
+The turn keeps a schedule (`record.turn_ends_at`), so when it is cut short while running (an
+interrupt, a delete, an archive) the ledger records what it would still have cost: the running
+time left until its scheduled end and the list cost of its remaining `Say` steps.
+"""
 
 import asyncio
 from typing import Any
 
 import structlog
 
+from emulator import budgets, pricing
 from emulator.clock import rfc3339
 from emulator.core import Emulator
 from emulator.ids import new_id
@@ -14,6 +21,7 @@ from emulator.scripts import (
     Fail,
     ProduceFile,
     ReachBudget,
+    Refuse,
     Reschedule,
     Say,
     Step,
@@ -28,11 +36,10 @@ from emulator.validation import message_text
 
 log = structlog.get_logger(__name__)
 
+# Tokens of one model request: every `Say` step is one.
 INPUT_TOKENS_PER_REQUEST = 1200
 OUTPUT_TOKENS_PER_REQUEST = 180
-# List prices used for usage.list_cost, USD per million tokens.
-INPUT_USD_PER_MTOK = 3.0
-OUTPUT_USD_PER_MTOK = 15.0
+REQUEST_USD = pricing.token_usd(INPUT_TOKENS_PER_REQUEST, OUTPUT_TOKENS_PER_REQUEST)
 
 
 def empty_usage() -> dict[str, Any]:
@@ -69,15 +76,37 @@ def start_turn(
     steps: list[Step],
     answers: list[dict[str, Any]] | None = None,
 ) -> None:
+    answers = answers or []
     record.remaining = list(steps)
     # Running at once, so a create with initial_events answers `running` as the real API does.
     emu.session_event(record, "session.status_running")
     emu.set_status(record, "running")
     _outcomes(record, "running")
-    record.task = emu.spawn(_drive(emu, record, answers or []))
+    # The run time is spread evenly: a pause before each answer and step, and one before idle.
+    record.step_seconds = run_seconds(emu, record) / (len(record.remaining) + len(answers) + 1)
+    _schedule(emu, record, len(answers))
+    record.task = emu.spawn(_drive(emu, record, answers))
+
+
+def _schedule(emu: Emulator, record: SessionRecord, answers_left: int = 0) -> None:
+    """When the running turn ends if nothing cuts it short; re-anchored after every step, so a
+    timer that fires late does not count as time avoided."""
+    pauses = answers_left + len(record.remaining) + 1
+    record.turn_ends_at = emu.clock.elapsed() + record.step_seconds * pauses
+
+
+def cut_short(emu: Emulator, record: SessionRecord) -> None:
+    """Record on the ledger what the running turn would still have cost: called before an
+    interrupt, a delete or an archive stops it. A session not running costs nothing more."""
+    if record.status != "running" or record.turn_ends_at is None:
+        return
+    says = sum(1 for step in record.remaining if isinstance(step, Say))
+    emu.ledger.cut_short(record.id, emu.clock.elapsed(), record.turn_ends_at, says * REQUEST_USD)
+    record.turn_ends_at = None
 
 
 def interrupt(emu: Emulator, record: SessionRecord) -> None:
+    cut_short(emu, record)
     if record.task is not None and record.task is not asyncio.current_task():
         record.task.cancel()
     record.task = None
@@ -98,28 +127,35 @@ async def _drive(emu: Emulator, record: SessionRecord, answers: list[dict[str, A
 
 
 async def _run(emu: Emulator, record: SessionRecord, answers: list[dict[str, Any]]) -> None:
-    delay = run_seconds(emu, record) / max(1, len(record.remaining) + len(answers) + 1)
-    for answer in answers:
+    delay = record.step_seconds
+    for i, answer in enumerate(answers):
         await emu.clock.sleep(delay)
         _answer(emu, record, answer)
+        _schedule(emu, record, len(answers) - i - 1)
     pending: list[str] = []
     while True:
         while record.remaining:
-            step = record.remaining.pop(0)
             await emu.clock.sleep(delay)
             if record.deleted:
                 return
+            # Taken off only once it runs: until then a cut-short turn counts it as avoided.
+            step = record.remaining.pop(0)
             event_id = _execute(emu, record, step)
+            _schedule(emu, record)
             if isinstance(step, Fail) and step.retry_status == "terminal":
                 return _terminate(emu, record)
-            if isinstance(step, Fail):
+            if isinstance(step, Fail | Refuse):
                 record.remaining = []
                 record.queued_messages.clear()
+                if isinstance(step, Refuse):
+                    return _idle(emu, record, {"type": "refusal"}, _refusal_details(step))
                 return _idle(emu, record, {"type": "retries_exhausted"})
             if isinstance(step, ReachBudget):
-                record.budget_paused = True
-                record.remaining = [Say("Resumed after the budget change.")]
-                return _idle(emu, record, {"type": "budget_reached"})
+                # Forced, budget or not: what is left, and a word on resuming, waits.
+                record.remaining = [Say("Resumed after the budget change."), *record.remaining]
+                return _pause_on_budget(emu, record)
+            if isinstance(step, Say) and budgets.reached(record):
+                return _pause_on_budget(emu, record)  # the remaining steps wait
             if event_id is not None:
                 pending.append(event_id)
                 record.blocking[event_id] = "custom" if isinstance(step, UseCustomTool) else "tool"
@@ -129,9 +165,28 @@ async def _run(emu: Emulator, record: SessionRecord, answers: list[dict[str, Any
             break
         message = record.queued_messages.pop(0)
         record.remaining = steps_for_message(emu, record, message)
+        _schedule(emu, record)
     await emu.clock.sleep(delay)
     _outcomes(record, "satisfied", emu)
     _idle(emu, record, {"type": "end_turn"})
+
+
+def _pause_on_budget(emu: Emulator, record: SessionRecord) -> None:
+    """The documented budget pause: `session.usage` (usage and budget), then idle with
+    `budget_reached`; the webhook once per budget value. No thread events: the emulator runs
+    one thread and does not model threads."""
+    record.budget_paused = True
+    emu.session_event(
+        record, "session.usage", usage=emu.usage(record), budget=record.body["budget"]
+    )
+    _idle(emu, record, {"type": "budget_reached"})
+    if record.budget_armed:
+        record.budget_armed = False
+        emu.webhook("session.budget_reached", record.id)
+
+
+def _refusal_details(step: Refuse) -> dict[str, Any]:
+    return {"type": "refusal", "category": step.category, "explanation": step.explanation}
 
 
 def _execute(emu: Emulator, record: SessionRecord, step: Step) -> str | None:
@@ -141,7 +196,7 @@ def _execute(emu: Emulator, record: SessionRecord, step: Step) -> str | None:
         emu.session_event(
             record, "agent.message", preview=True, content=[{"type": "text", "text": step.text}]
         )
-        _add_usage(record)
+        _add_usage(emu, record)
         emu.session_event(
             record,
             "span.model_request_end",
@@ -203,10 +258,8 @@ def _execute(emu: Emulator, record: SessionRecord, step: Step) -> str | None:
         emu.session_event(record, "session.status_running")
         emu.set_status(record, "running")
         return None
-    if isinstance(step, ReachBudget):
-        emu.session_event(record, "session.usage", usage=dict(record.usage))
-        emu.webhook("session.budget_reached", record.id)
-        return None
+    if isinstance(step, ReachBudget | Refuse):
+        return None  # the turn's end is the runner's: see `_run`
     if isinstance(step, ProduceFile):
         _produce_file(emu, record, step.filename)
         return None
@@ -235,14 +288,22 @@ def _tool_result(
     )
 
 
-def _idle(emu: Emulator, record: SessionRecord, stop_reason: dict[str, Any]) -> None:
-    emu.session_event(record, "session.status_idle", stop_reason=stop_reason)
+def _idle(
+    emu: Emulator,
+    record: SessionRecord,
+    stop_reason: dict[str, Any],
+    stop_details: dict[str, Any] | None = None,
+) -> None:
+    record.turn_ends_at = None
+    extra: dict[str, Any] = {"stop_details": stop_details} if stop_details is not None else {}
+    emu.session_event(record, "session.status_idle", stop_reason=stop_reason, **extra)
     emu.set_status(record, "idle")
     if stop_reason["type"] == "requires_action":
         emu.second_family("session.requires_action", record.id)
 
 
 def _terminate(emu: Emulator, record: SessionRecord) -> None:
+    record.turn_ends_at = None
     record.remaining = []
     record.blocking.clear()
     record.queued_messages.clear()
@@ -250,14 +311,13 @@ def _terminate(emu: Emulator, record: SessionRecord) -> None:
     emu.set_status(record, "terminated")
 
 
-def _add_usage(record: SessionRecord) -> None:
+def _add_usage(emu: Emulator, record: SessionRecord) -> None:
     usage = record.usage
     usage["input_tokens"] += INPUT_TOKENS_PER_REQUEST
     usage["output_tokens"] += OUTPUT_TOKENS_PER_REQUEST
-    usd = (
-        usage["input_tokens"] * INPUT_USD_PER_MTOK + usage["output_tokens"] * OUTPUT_USD_PER_MTOK
-    ) / 1_000_000
-    usage["list_cost"] = {"amount": str(round(usd * 100)), "currency": "USD"}
+    usd = pricing.token_usd(usage["input_tokens"], usage["output_tokens"])
+    usage["list_cost"] = {"amount": str(pricing.cents(usd)), "currency": "USD"}
+    emu.ledger.spent(record.id, REQUEST_USD)
 
 
 def _outcomes(record: SessionRecord, result: str, emu: Emulator | None = None) -> None:

@@ -4,9 +4,13 @@ Chosen by session metadata `emulator_script`, else a `#script:NAME` token in the
 else the configured default. Names: `end_turn`, `tools` (a tool that runs unasked),
 `requires_action` (a tool needing confirmation), `custom_tools:N` (N custom tool calls,
 one round trip each), `requires_action:N` (N confirmations awaited together), `mixed_action`
-(a confirmation and a custom tool, awaited together), `retries_exhausted`, `budget_reached`,
-`terminate`, `reschedule` (a transient error, then done), `files:N` (the session produces N
-files), `long:N` (N agent messages).
+(a confirmation and a custom tool, awaited together), `retries_exhausted`, `budget_reached`
+(a forced budget pause, budget or not), `refusal` (a message, then idle with stop_reason
+`refusal` and refusal stop_details), `terminate`, `reschedule` (a transient error, then done),
+`files:N` (the session produces N files), `long:N` (N agent messages).
+
+Each `Say` is one model request: it spends tokens (and list cost), so a session with a budget
+pauses after the `Say` that reaches its cap.
 """
 
 import re
@@ -51,7 +55,15 @@ class ProduceFile:
     filename: str
 
 
-Step = Say | UseTool | UseCustomTool | Fail | Reschedule | ReachBudget | ProduceFile
+@dataclass(frozen=True)
+class Refuse:
+    """The model's response is refused: the turn ends idle with stop_reason `refusal`."""
+
+    category: str | None
+    explanation: str | None
+
+
+Step = Say | UseTool | UseCustomTool | Fail | Reschedule | ReachBudget | ProduceFile | Refuse
 
 _TOKEN = re.compile(r"#script:([A-Za-z_]+(?::\d+)?)")
 MAX_REPEAT = 50
@@ -102,6 +114,11 @@ def steps_for(script: str) -> list[Step]:
         return [Say("Working."), Fail("exhausted")]
     if name == "budget_reached":
         return [Say("Working."), ReachBudget()]
+    if name == "refusal":
+        return [
+            Say("Let me think about that."),
+            Refuse("general_harms", "Scripted refusal: the request falls under general harms."),
+        ]
     if name == "reschedule":
         return [Say("Working."), Reschedule(), Say("Done.")]
     if name == "terminate":

@@ -1,8 +1,14 @@
-"""Sessions: create, retrieve, list, update, delete, archive, and the events a client sends."""
+"""Sessions: create, retrieve, list, update, delete, archive, and the events a client sends.
+
+Budgets follow the API's rules (`budgets.py` for the shape and the price check): a budget can
+only be set at create, replaced by a higher cap or removed (never re-added), not on a
+terminated session; an accepted change resumes a turn paused on its budget. While paused, a
+`user.message` is a 400 and a `user.interrupt` is dropped.
+"""
 
 from typing import Any
 
-from emulator import runner, scripts, validation
+from emulator import budgets, runner, scripts, validation
 from emulator.clock import rfc3339
 from emulator.core import Emulator
 from emulator.errors import BadRequest, Conflict, NotFound
@@ -92,19 +98,6 @@ def _resources(emu: Emulator, raw: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _budget(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    budget = validation.as_object(value, "budget")
-    cost = budget.get("max_list_cost")
-    if budget.get("type") != "limit" or not isinstance(cost, dict):
-        raise BadRequest("budget: expected {type:'limit', max_list_cost:{amount, currency}}")
-    amount = cost.get("amount")
-    if not isinstance(amount, str) or not amount.isdigit() or cost.get("currency") != "USD":
-        raise BadRequest("budget.max_list_cost: amount is integer cents as a string, USD")
-    return {"type": "limit", "max_list_cost": {"amount": amount, "currency": "USD"}}
-
-
 def create(
     emu: Emulator, body: Any, *, deployment_id: str | None = None, from_deployment: bool = False
 ) -> SessionRecord:
@@ -119,11 +112,13 @@ def create(
     title = validation.optional_str(body, "title")
     vault_ids = validation.optional_list(body, "vault_ids")
     resources = _resources(emu, validation.optional_list(body, "resources"))
-    budget = _budget(body.get("budget"))
+    budget = budgets.parse(body.get("budget"))
     env = emu.store.environment(env_id)
     if env["archived_at"] is not None:
         raise BadRequest(f"environment {env_id} is archived", error_code="environment_archived")
     snapshot = agent_snapshot(emu, ref)
+    if budget is not None:
+        budgets.require_budgetable(emu, snapshot)
     script_text = next(
         (validation.message_text(e) for e in initial if e["type"] == "user.message"), None
     )
@@ -210,6 +205,8 @@ def update(emu: Emulator, session_id: str, body: Any) -> dict[str, Any]:
         raise Conflict(f"session {session_id} is archived")
     if "vault_ids" in body:
         raise BadRequest("vault_ids: cannot be updated")
+    # Checked before anything changes: a rejected budget leaves the session as it was.
+    budget = _checked_budget(emu, record, body["budget"]) if "budget" in body else None
     changed: dict[str, Any] = {}
     if "title" in body:
         record.body["title"] = validation.optional_str(body, "title")
@@ -230,49 +227,56 @@ def update(emu: Emulator, session_id: str, body: Any) -> dict[str, Any]:
                 record.body["agent"][key] = agent_patch[key] or []
         changed["agent"] = record.body["agent"]
     if "budget" in body:
-        changed["budget"] = _update_budget(emu, record, body["budget"])
+        if budget != record.body["budget"]:
+            changed["budget"] = budget
+            record.budget_armed = True  # a new value can be reached (and announced) again
+        if budget is None and record.body["budget"] is not None:
+            record.budget_removed = True
+        record.body["budget"] = budget
     record.updated_at = emu.clock.now()
     if changed:
         emu.session_event(record, "session.updated", **changed)
         emu.webhook("session.updated", record.id)
     if "budget" in body and record.budget_paused and record.status == "idle":
+        # An accepted raise or removal resumes the paused turn where it stopped.
         record.budget_paused = False
         runner.start_turn(emu, record, record.remaining)
     return public(emu, record)
 
 
-def _update_budget(emu: Emulator, record: SessionRecord, value: Any) -> dict[str, Any] | None:
+def _checked_budget(emu: Emulator, record: SessionRecord, value: Any) -> dict[str, Any] | None:
     if record.status == "terminated":
         raise BadRequest("budget: cannot be changed on a terminated session")
-    budget = _budget(value)
-    if budget is not None:
-        if record.body["budget"] is None:
-            raise BadRequest(
-                "budget: a session created without one cannot gain one",
-                error_code="budget_create_only",
-            )
-        spent = int(record.usage["list_cost"]["amount"])
-        if int(budget["max_list_cost"]["amount"]) <= spent:
-            raise BadRequest(
-                "budget: the cap must exceed what is already spent", error_code="budget_not_raised"
-            )
-    record.body["budget"] = budget
+    budget = budgets.parse(value)
+    if budget is None:
+        return None
+    if record.body["budget"] is None:
+        raise BadRequest(
+            "budget: a removed budget cannot be re-added"
+            if record.budget_removed
+            else "budget: a session created without one cannot gain one",
+            error_code="budget_create_only",
+        )
+    budgets.require_budgetable(emu, record.body["agent"])
+    if budgets.cap_cents(budget) <= budgets.spent_cents(record):
+        raise BadRequest(
+            "budget: the cap must exceed what is already spent", error_code="budget_not_raised"
+        )
     return budget
 
 
 def delete(emu: Emulator, session_id: str) -> dict[str, Any]:
     record = emu.store.session(session_id)
+    runner.cut_short(emu, record)
     if record.task is not None:
         record.task.cancel()
-    if record.running_since is not None:
-        record.active_seconds += emu.clock.elapsed() - record.running_since
-        record.running_since = None
-    record.ended_emulated = emu.clock.elapsed()
+    now = emu.clock.elapsed()
+    record.ended_emulated = now
+    emu.ledger.deleted(record.id, now)  # stops the running clock at once
     emu.session_event(record, "session.deleted")
     for queue in record.subscribers:
         queue.put_nowait(None)
     record.deleted = True
-    emu.ledger.deleted(record.id, emu.clock.elapsed())
     emu.webhook("session.deleted", record.id)
     emu.second_family("session.deleted", record.id)
     return {"id": record.id, "type": "session_deleted"}
@@ -281,6 +285,7 @@ def delete(emu: Emulator, session_id: str) -> dict[str, Any]:
 def archive(emu: Emulator, session_id: str) -> dict[str, Any]:
     record = emu.store.session(session_id)
     if record.archived_at is None:
+        runner.cut_short(emu, record)
         if record.task is not None:
             record.task.cancel()
             record.task = None
@@ -325,6 +330,8 @@ def send_events(emu: Emulator, session_id: str, body: Any) -> list[dict[str, Any
 def _accept(emu: Emulator, record: SessionRecord, events: list[dict[str, Any]]) -> list[Any]:
     echoed = []
     for ev in events:
+        if ev["type"] == "user.interrupt" and record.budget_paused:
+            continue  # dropped, as the API documents: no echo, and the pause holds
         echo = {**ev, "id": new_id("sevt_"), "processed_at": rfc3339(emu.clock.now())}
         if ev["type"] == "user.define_outcome":
             echo["outcome_id"] = new_id("outc_")
@@ -348,7 +355,6 @@ def _accept(emu: Emulator, record: SessionRecord, events: list[dict[str, Any]]) 
 def _react(emu: Emulator, record: SessionRecord, ev: dict[str, Any]) -> None:
     kind = ev["type"]
     if kind == "user.interrupt":
-        record.budget_paused = False
         runner.interrupt(emu, record)
     elif kind == "user.message":
         if record.status == "running" or record.blocking:

@@ -40,13 +40,20 @@ class SessionRecord:
     resolved: list[dict[str, Any]] = field(default_factory=list)  # answers awaiting the resume
     queued_messages: list[dict[str, Any]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
-    running_since: float | None = None
-    active_seconds: float = 0.0
+    # The running turn's schedule (emulated seconds): the pause before each step, and when the
+    # turn ends if nothing cuts it short (None while not running). Running time itself is on
+    # the ledger, the one source of `usage.active_seconds`.
+    step_seconds: float = 0.0
+    turn_ends_at: float | None = None
     ended_emulated: float | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     subscribers: list["asyncio.Queue[dict[str, Any] | None]"] = field(default_factory=list)
     delta_subscribers: set[int] = field(default_factory=set)  # id() of queues opted in
+    # Paused on its budget: the turn's remaining steps wait in `remaining` for a budget change.
     budget_paused: bool = False
+    # session.budget_reached fires once per budget value; a change of value re-arms it.
+    budget_armed: bool = True
+    budget_removed: bool = False  # a removed budget cannot be re-added
 
 
 @dataclass

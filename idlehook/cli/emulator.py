@@ -39,7 +39,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--speed", type=float, default=1.0, help="time multiplier: 60 makes a minute last a second"
     )
-    parser.add_argument("--billing-model", choices=["exists", "running"], default="exists")
+    parser.add_argument(
+        "--billing-model",
+        choices=["running", "exists"],
+        default="running",
+        help="running: runtime billed only while running, as the API bills (default); "
+        "exists: from create to delete, for comparison",
+    )
     parser.add_argument("--default-script", default="end_turn")
     parser.add_argument(
         "--run-seconds", type=float, default=2.0, help="emulated seconds a scripted turn runs"

@@ -1,4 +1,5 @@
-"""Pure parts: cron, cursors, scripts, the billing ledger, backoff, query decoding, CLI args."""
+"""Pure parts: cron, cursors, scripts, the billing ledger, prices, backoff, query decoding, CLI
+args."""
 
 import random
 import time
@@ -11,6 +12,7 @@ from emulator.billing import Ledger, report
 from emulator.clock import SpeedClock
 from emulator.errors import BadRequest
 from emulator.pagination import decode_cursor, paginate
+from emulator.pricing import has_list_price
 from emulator.query import Query
 from emulator.ratelimit import RateLimiter
 from emulator.scripts import UseCustomTool, UseTool, choose_script, steps_for
@@ -80,6 +82,46 @@ def test_ledger_models() -> None:
     assert exists["total_container_seconds"] == 100.0 + 3600.0
     assert running["total_container_seconds"] == 30.0
     assert running["total_cost_usd"] == pytest.approx(30 / 3600 * 0.08)
+
+
+def test_ledger_counterfactual_and_token_cost() -> None:
+    ledger = Ledger()
+    ledger.created("a", 0.0)
+    ledger.started("a", 0.0)
+    ledger.spent("a", 0.25)
+    ledger.cut_short("a", 600.0, 7200.0, token_usd=1.5)
+    ledger.stopped("a", 600.0)
+    ledger.created("b", 0.0)
+    ledger.started("b", 0.0)
+    ledger.cut_short("b", 100.0, 90.0, token_usd=0.0)  # ran past its schedule: nothing avoided
+    ledger.stopped("b", 100.0)
+    origin = datetime(2026, 1, 1, tzinfo=UTC)
+    running = report(ledger, "running", 0.08, now=3600.0, wall_origin=origin)
+    (a, b) = running["sessions"]
+    assert a["running_seconds"] == 600.0
+    assert a["token_usd"] == 0.25
+    assert a["avoided_running_seconds"] == 6600.0
+    assert a["avoided_runtime_usd"] == pytest.approx(6600 / 3600 * 0.08)
+    assert a["avoided_token_usd"] == 1.5
+    assert a["would_have_run_until"] == "2026-01-01T02:00:00.000000Z"
+    assert b["avoided_running_seconds"] == 0.0
+    assert b["would_have_run_until"] == "2026-01-01T00:01:40.000000Z"
+    assert running["emulated_now"] == "2026-01-01T01:00:00.000000Z"
+    assert running["total_token_usd"] == 0.25
+    assert running["total_avoided_running_seconds"] == 6600.0
+    assert running["total_avoided_runtime_usd"] == pytest.approx(6600 / 3600 * 0.08)
+    assert running["total_avoided_token_usd"] == 1.5
+    exists = report(ledger, "exists", 0.08, now=3600.0, wall_origin=origin)
+    assert exists["total_avoided_running_seconds"] == 6600.0
+    assert exists["total_avoided_runtime_usd"] == 0.0
+    assert exists["sessions"][0]["avoided_runtime_usd"] == 0.0
+
+
+def test_price_table() -> None:
+    for priced in ("claude-opus-4-7", "claude-sonnet-4-5", "claude-haiku-4-5", "claude-3-haiku"):
+        assert has_list_price(priced)
+    for unpriced in ("claude-internal-preview", "custom-model", "opus-4", ""):
+        assert not has_list_price(unpriced)
 
 
 def test_backoff_stays_in_bounds() -> None:

@@ -155,6 +155,29 @@ def test_budget_reached_pauses_until_raised(client: anthropic.Anthropic) -> None
     assert "session.updated" in types(client, session.id)
 
 
+@pytest.mark.parametrize("how", ["metadata", "token"])
+def test_refusal(client: anthropic.Anthropic, how: str) -> None:
+    w = world(client)
+    if how == "metadata":
+        session = start_session(client, w, script="refusal")
+    else:
+        session = start_session(client, w, text="do the thing #script:refusal")
+    idle = settled(client, session.id)[-1]  # parsed by the SDK under strict validation
+    assert idle.stop_reason.type == "refusal"
+    assert idle.stop_details is not None
+    assert idle.stop_details.type == "refusal"
+    assert idle.stop_details.category == "general_harms"
+    assert idle.stop_details.explanation
+    assert len(of_type(client, session.id, "agent.message")) == 1  # it said something first
+    assert client.beta.sessions.retrieve(session.id).status == "idle"
+    if how == "token":  # (metadata would pick the script for every turn)
+        # The next turn is the default script again, and its idle carries no stop_details.
+        client.beta.sessions.events.send(session.id, events=[user_message("again")])
+        final = settled(client, session.id, 2)[-1]
+        assert final.stop_reason.type == "end_turn"
+        assert final.stop_details is None
+
+
 def test_interrupt_stops_a_run(start) -> None:
     served: Served = start(speed=5)  # a 60 s turn lasts 12 s: plenty of room to interrupt
     client = served.client()
