@@ -1,6 +1,11 @@
 """`archive`: the transcript (`events.jsonl`, every event as the API returned it, in order) and
 `result.json`, under `<results_dir>/<session_id>/`.
 
+A session that takes follow-ups rests more than once, and each rest is archived: `events.jsonl`
+always holds the whole transcript and `result.json` the latest result, and every result is also
+kept as `turns/<n>-result.json`, n counting the session's rests (idles and terminations) so far,
+so a later turn's archive never loses an earlier turn's result.
+
 Idempotent: each file is written to a temporary name and renamed over the old one, so a rerun
 rewrites the same content and a crash never leaves half a file.
 """
@@ -11,11 +16,23 @@ import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from idlehook import HandlerContext, PermanentError
 
 # Session ids become directory names: nothing that could climb out of results_dir.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,199}$")
+# The status events a session rests on: one per turn it took, follow-ups included.
+RESTS = ("session.status_idle", "session.status_terminated")
+
+
+def turn_number(events: Iterable[Any]) -> int:
+    """How many times the session has come to rest in this transcript: the latest turn's n."""
+    return sum(1 for e in events if getattr(e, "type", None) in RESTS)
+
+
+def turn_result_path(folder: Path, turn: int) -> Path:
+    return folder / "turns" / f"{turn:04d}-result.json"
 
 
 def write_atomic(path: Path, lines: Iterable[str]) -> None:
@@ -50,9 +67,9 @@ class ArchiveHandler:
             folder / "events.jsonl",
             (json.dumps(e.to_dict(mode="json"), ensure_ascii=False) + "\n" for e in events),
         )
-        write_atomic(
-            folder / "result.json",
-            [json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"],
-        )
+        text = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        # The turn's own copy first: result.json, the latest, never runs ahead of its turn file.
+        write_atomic(turn_result_path(folder, turn_number(events)), [text])
+        write_atomic(folder / "result.json", [text])
         await ctx.mark_session(result_captured=True, transcript_saved=True, result=result)
         ctx.log.info("archive.written", path=str(folder), events=len(events))

@@ -75,10 +75,15 @@ async def test_archive_writes_transcript_and_result_idempotently(
     assert tracked.transcript_saved_at is not None
     assert tracked.cost_usd == result["cost_usd"]
 
+    # The turn's own copy of the result: this session has rested once.
+    assert json.loads((folder / "turns" / "0001-result.json").read_text()) == result
+
     def snapshot() -> dict[str, Any]:
-        out: dict[str, Any] = {p.name: p.read_bytes() for p in folder.iterdir()}
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        out: dict[str, Any] = {str(p.relative_to(folder)): p.read_bytes() for p in files}
         # The one thing that moves on its own: wall time since the session was created.
-        out["result.json"] = {**json.loads(out["result.json"]), "duration_seconds": None}
+        for name in ("result.json", "turns/0001-result.json"):
+            out[name] = {**json.loads(out[name]), "duration_seconds": None}
         return out
 
     first = snapshot()
