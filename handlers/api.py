@@ -18,7 +18,7 @@ from anthropic.types.beta import BetaManagedAgentsSession
 from structlog.typing import FilteringBoundLogger
 
 from handlers.errors import PermanentError
-from handlers.result import SessionResult, build_result
+from handlers.result import Interruption, SessionResult, build_result
 
 if TYPE_CHECKING:
     from idlehook.settings import Settings
@@ -83,6 +83,14 @@ async def _no_mark(session_id: str, **_: Any) -> None:
     return None
 
 
+async def _no_interruption(session_id: str) -> Interruption | None:
+    return None
+
+
+# Reads idlehook's own record of having interrupted a session (the store, behind a thread).
+InterruptionReader = Callable[[str], Awaitable[Interruption | None]]
+
+
 class DeliveryReads:
     """What one delivery's handlers read of its session, fetched once and shared by them.
 
@@ -116,6 +124,7 @@ class HandlerContext:
         prior_runs: Sequence[PriorRun] = (),
         mark: SessionMarker | Callable[..., Awaitable[None]] = _no_mark,
         reads: DeliveryReads | None = None,
+        interruption: InterruptionReader = _no_interruption,
     ) -> None:
         self.event = event
         self.client = client
@@ -128,6 +137,7 @@ class HandlerContext:
         self._mark = mark
         self._session: BetaManagedAgentsSession | None = None
         self._reads = reads if reads is not None else DeliveryReads()
+        self._interruption = interruption
         self._lock = asyncio.Lock()
 
     @property
@@ -165,7 +175,13 @@ class HandlerContext:
             reads = self._reads
             if reads.result is None:
                 session = await self.session()
-                reads.result = build_result(session, await self.events(), await self.files())
+                reads.result = build_result(
+                    session,
+                    await self.events(),
+                    await self.files(),
+                    pricing=self.settings.pricing(),
+                    interruption=await self._interruption(session.id),
+                )
             return reads.result
 
     async def mark_session(

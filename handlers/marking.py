@@ -8,8 +8,8 @@ import asyncio
 from collections.abc import Callable
 from datetime import datetime
 
-from handlers.api import SessionMarker
-from handlers.result import SessionResult
+from handlers.api import InterruptionReader, SessionMarker
+from handlers.result import Interruption, SessionResult
 from store.sessions import SessionStore, SessionUpdate, flag_values
 
 
@@ -39,8 +39,19 @@ def session_marker(sessions: SessionStore, now: Callable[[], datetime]) -> Sessi
                 created_at=result.created_at,
                 active_seconds=result.active_seconds,
                 cost_usd=result.cost_usd,
+                token_usd=result.token_usd,
                 extra=extra,
             )
         await asyncio.to_thread(sessions.record, session_id, update, at)
 
     return mark
+
+
+def interruption_reader(sessions: SessionStore) -> InterruptionReader:
+    async def read(session_id: str) -> Interruption | None:
+        row = await asyncio.to_thread(sessions.get, session_id)
+        if row is None or row.interrupted_at is None or row.interrupt_reason is None:
+            return None
+        return Interruption(at=row.interrupted_at, reason=row.interrupt_reason)
+
+    return read

@@ -23,6 +23,8 @@ class RouteDecision:
     handlers: tuple[str, ...]
     rules: tuple[str, ...]  # names (or indexes) of the rules that matched
     reason: str  # "matched", "no_rule", "stale_idle"
+    # The shortest `idle_for` of the matching rules that set one: how long the reaper keeps it.
+    idle_for_seconds: float | None = None
 
 
 def _type_matches(rule: RouteRule, event_type: str) -> bool:
@@ -31,7 +33,12 @@ def _type_matches(rule: RouteRule, event_type: str) -> bool:
 
 def _needs_facts(rule: RouteRule) -> bool:
     return bool(
-        rule.stop_reasons or rule.statuses or rule.agent_ids or rule.deployment_ids or rule.metadata
+        rule.stop_reasons
+        or rule.except_stop_reasons
+        or rule.statuses
+        or rule.agent_ids
+        or rule.deployment_ids
+        or rule.metadata
     )
 
 
@@ -60,6 +67,8 @@ def _facts_match(rule: RouteRule, facts: SessionFacts | None) -> bool:
     )
     if any(wanted and value not in wanted for wanted, value in checks):
         return False
+    if rule.except_stop_reasons and facts.stop_reason in rule.except_stop_reasons:
+        return False
     return all(facts.metadata.get(key) == value for key, value in rule.metadata.items())
 
 
@@ -73,11 +82,18 @@ def route(rules: Sequence[RouteRule], event_type: str, facts: SessionFacts | Non
         return RouteDecision(handlers=(), rules=(), reason="stale_idle")
     handlers: list[str] = []
     matched: list[str] = []
+    keep: list[float] = []
     for index, rule in enumerate(rules):
         if not (_type_matches(rule, event_type) and _facts_match(rule, facts)):
             continue
         matched.append(rule.name or str(index))
         handlers.extend(name for name in rule.handlers if name not in handlers)
+        seconds = rule.idle_for_seconds()
+        if seconds is not None:
+            keep.append(seconds)
     return RouteDecision(
-        handlers=tuple(handlers), rules=tuple(matched), reason="matched" if matched else "no_rule"
+        handlers=tuple(handlers),
+        rules=tuple(matched),
+        reason="matched" if matched else "no_rule",
+        idle_for_seconds=min(keep) if keep else None,
     )

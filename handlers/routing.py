@@ -9,8 +9,8 @@ import anthropic
 from anthropic import AsyncAnthropic
 from anthropic.types.beta import BetaManagedAgentsSession
 
+from handlers.billing import Pricing, session_cost
 from handlers.events import DELETED_TYPES, implied_status, is_session_event
-from handlers.result import cost_usd
 from handlers.router import RouteDecision, SessionFacts, needs_session, route
 from idlehook.settings import RouteRule
 from store.runs import DeliveryView
@@ -47,8 +47,14 @@ def _facts(session: BetaManagedAgentsSession, stop_reason: str | None) -> Sessio
 
 
 def _update(
-    session: BetaManagedAgentsSession, stop_reason: str | None, now: datetime
+    session: BetaManagedAgentsSession,
+    stop_reason: str | None,
+    now: datetime,
+    pricing: Pricing,
+    decision: RouteDecision,
 ) -> SessionUpdate:
+    keep = decision.idle_for_seconds
+    cost = session_cost(session, pricing, now=now)
     return SessionUpdate(
         status=session.status,
         stop_reason=stop_reason,
@@ -60,8 +66,10 @@ def _update(
         metadata=dict(session.metadata or {}),
         created_at=session.created_at,
         active_seconds=session.usage.active_seconds,
-        cost_usd=cost_usd(session),
+        cost_usd=cost.total_usd,
+        token_usd=cost.token_usd,
         webhook_at=now,
+        extra={"idle_for_seconds": keep} if keep is not None else {},
     )
 
 
@@ -70,6 +78,7 @@ async def route_delivery(
     rules: Sequence[RouteRule],
     client: AsyncAnthropic,
     now: datetime,
+    pricing: Pricing | None = None,
 ) -> RoutingOutcome:
     """API errors other than a 404 propagate: the routing run is retried like any other."""
     event_type = delivery.event_type
@@ -91,6 +100,6 @@ async def route_delivery(
         )
     stop_reason = await latest_stop_reason(client, session_id) if session.status == "idle" else None
     facts = _facts(session, stop_reason)
-    return RoutingOutcome(
-        route(rules, event_type, facts), facts, _update(session, stop_reason, now), fetched=True
-    )
+    decision = route(rules, event_type, facts)
+    update = _update(session, stop_reason, now, pricing or Pricing(), decision)
+    return RoutingOutcome(decision, facts, update, fetched=True)

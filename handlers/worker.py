@@ -21,7 +21,7 @@ from anthropic import AsyncAnthropic
 from handlers import metrics
 from handlers.api import DeliveryReads, HandlerContext, Notification, PriorRun
 from handlers.events import DELETED_TYPES, is_known
-from handlers.marking import session_marker
+from handlers.marking import interruption_reader, session_marker
 from handlers.registry import Registry
 from handlers.retry import PermanentError, next_attempt
 from handlers.routing import route_delivery
@@ -84,6 +84,7 @@ class Worker:
         self.now = now
         self.worker_id = worker_id or default_worker_id()
         self._mark = session_marker(self.sessions, now)
+        self._interruption = interruption_reader(self.sessions)
         self.lease = timedelta(seconds=settings.worker.lease_seconds)
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -258,7 +259,9 @@ class Worker:
             ).inc()
             bound.info("notification.late_duplicate", event_id=delivery.event_id)
             return []
-        outcome = await route_delivery(delivery, self.settings.routes, self.client, self.now())
+        outcome = await route_delivery(
+            delivery, self.settings.routes, self.client, self.now(), self.settings.pricing()
+        )
         if outcome.update is not None and delivery.session_id is not None:
             await asyncio.to_thread(
                 self.sessions.record, delivery.session_id, outcome.update, self.now()
@@ -314,6 +317,7 @@ class Worker:
             prior_runs=[PriorRun(handler=p.handler, state=p.state) for p in prior],
             mark=self._mark,
             reads=self._reads_for(run.delivery_id),
+            interruption=self._interruption,
         )
         try:
             await handler.handle(ctx)

@@ -1,15 +1,21 @@
 """`idlehook demo`: the whole job on the embedded default, in one process, in under a minute.
 
-The emulator, the receiver and a worker run on loopback against a fresh SQLite database. A batch
-of sessions with mixed outcomes is launched (no stream held); their webhooks drive the handlers;
-one session's webhooks are dropped and the reconciler finds it; the reaper deletes what is done.
-Every number in the summary is read back from the store, the files on disk or the emulator, and
-each check is a fact the run must establish; the exit code says whether all held.
+The emulator, the receiver and a worker run on loopback against a fresh SQLite database, with
+the default routes (no `[[routes]]`: every outcome archived). A batch of sessions with mixed
+outcomes is launched (no stream held), one of them under a spend ceiling the API enforces and
+one a runaway that would run for hours; their webhooks drive the handlers; one session's
+webhooks are dropped and the reconciler finds it; the reaper interrupts the runaway past its
+`max_running` and deletes what is done. Billing is as the API documents it (runtime only while
+running, plus tokens): the saving reported is the runtime the interrupt avoided, read from the
+emulator's ledger, and deleting idle sessions is reported as the clean-up it is. Every number
+is read back from the store, the files on disk or the emulator, and each check is a fact the run
+must establish; the exit code says whether all held.
 """
 
 import asyncio
 import base64
 import contextlib
+import json
 import random
 import secrets
 import socket
@@ -35,10 +41,10 @@ from idlehook import wiring
 from idlehook.settings import (
     ReaperSettings,
     ReconcileSettings,
-    RouteRule,
     Settings,
     WorkerSettings,
 )
+from sessions.durations import parse_duration
 from sessions.launcher import LaunchRequest
 from store.models import (
     Delivery,
@@ -53,46 +59,35 @@ WEBHOOK_PATH = "/webhooks/anthropic"
 IDLE_TYPES = ["session.status_idled", "session.idled"]
 
 
+# A run scripted to go on for two emulated hours (three minutes of wall time at the demo's
+# 40x), and the limit that stops it. Session timestamps are wall-clock time, so the reaper's
+# limit is too: 4 s of wall time is 160 emulated seconds.
+RUNAWAY_SECONDS = 7200.0
+MAX_RUNNING = "4s"
+
+
 @dataclass(frozen=True)
 class Case:
     label: str
     script: str
-    archived: bool  # the routes save its transcript and result
+    archived: bool  # the default routes save its transcript and result
     webhooks_dropped: bool = False
+    budget_usd: float | None = None
+    runaway: bool = False
 
 
 CASES = (
     Case("finished", "end_turn", archived=True),
     Case("finished", "tools", archived=True),
-    Case("finished", "end_turn", archived=True),
     Case("needs approval", "requires_action", archived=False),
     Case("failed (retries exhausted)", "retries_exhausted", archived=True),
+    Case("refused", "refusal", archived=True),
+    # Twenty model calls at ~$0.006 each: the $0.02 ceiling stops it after four.
+    Case("stopped on its budget", "long:20", archived=True, budget_usd=0.02),
     Case("terminated", "terminate", archived=True),
     Case("webhook dropped", "end_turn", archived=True, webhooks_dropped=True),
+    Case("runaway", "long:3", archived=True, runaway=True),
 )
-
-
-def demo_routes() -> list[RouteRule]:
-    return [
-        RouteRule(
-            name="finished",
-            event_types=IDLE_TYPES,
-            stop_reasons=["end_turn", "retries_exhausted"],
-            handlers=["archive", "log"],
-        ),
-        RouteRule(
-            name="terminated",
-            event_types=["session.status_terminated"],
-            handlers=["archive", "log"],
-        ),
-        # Answering held tool calls is a later feature; until then a person is told.
-        RouteRule(
-            name="waiting",
-            event_types=IDLE_TYPES,
-            stop_reasons=["requires_action"],
-            handlers=["log"],
-        ),
-    ]
 
 
 @dataclass
@@ -165,9 +160,10 @@ def demo_settings(data_dir: Path, emulator_url: str, secret: str) -> Settings:
         base_url=emulator_url,
         webhook_signing_keys=[secret],
         owner="idlehook-demo",
-        routes=demo_routes(),
         worker=WorkerSettings(poll_seconds=0.2, backoff_base_seconds=0.2),
-        reaper=ReaperSettings(idle_for="0s", interrupt_wait_seconds=2.0),
+        # idle_for 0s so the demo shows the clean-up; the default (24h) keeps finished sessions
+        # for follow-ups, and idle time is not billed.
+        reaper=ReaperSettings(idle_for="0s", interrupt_wait_seconds=5.0),
         reconcile=ReconcileSettings(settle_seconds=0, interval_seconds=3600),
         watchdog_seconds=3600,
     )
@@ -246,13 +242,18 @@ async def _drive(
     launcher = wiring.launcher(settings, engine, client)
 
     def request(case: Case, index: int) -> LaunchRequest:
+        metadata = {"emulator_script": case.script}
+        if case.runaway:
+            metadata["emulator_run_seconds"] = str(RUNAWAY_SECONDS)
         return LaunchRequest(
             agent=agent.id,
             environment=environment.id,
             message=f"Ticket #{index}: please triage.",
             title=f"demo {index}: {case.label}",
-            metadata={"emulator_script": case.script},
-            deadline="1h",
+            metadata=metadata,
+            deadline="1h" if not case.runaway else "6h",
+            budget_usd=case.budget_usd,
+            max_running=MAX_RUNNING if case.runaway else None,
         )
 
     started = time.monotonic()
@@ -278,9 +279,14 @@ async def _drive(
 
     # Progress: each session counts once the webhooks have driven it to where it settles.
     def settled() -> int:
-        return sum(1 for i, c in enumerate(CASES) if _settled(engine, settings, c, ids[i]))
+        return sum(
+            1
+            for i, c in enumerate(CASES)
+            if not c.runaway and _settled(engine, settings, c, ids[i])
+        )
 
-    expected_by_webhook = len(CASES) - len(dropped)
+    runaway = [i for i, c in enumerate(CASES) if c.runaway]
+    expected_by_webhook = len(CASES) - len(dropped) - len(runaway)
     with Progress(
         TextColumn("[bold]webhooks → handlers"),
         BarColumn(),
@@ -312,11 +318,35 @@ async def _drive(
     )
     await _until(lambda: _unfinished_runs(engine) == 0, 20, "the handler runs to drain")
 
-    console.print("[bold]reaper[/bold]: deleting sessions whose results are saved")
-    reaper = wiring.reaper(settings, engine, client, wiring.reap_policy(settings, idle_for="0s"))
+    limit = parse_duration(MAX_RUNNING).total_seconds()
+    await _until(
+        lambda: all(_running_for(emulator, ids[i]) > limit for i in runaway),
+        30,
+        "the runaway to run past max_running",
+    )
+    console.print(
+        "[bold]reaper[/bold]: interrupting the run past max_running, deleting what is saved"
+    )
+    archive = wiring.archiver(settings, engine, client)
+    reaper = wiring.reaper(settings, engine, client, wiring.reap_policy(settings), archive)
     reap = await reaper.run()
+    # The interrupted run's own idle webhook may still be in its handlers: a second pass (the
+    # next cron run) deletes it once they are done.
+    await _until(lambda: _unfinished_runs(engine) == 0, 20, "the handler runs to drain")
+    again = await reaper.run()
+    reap.outcomes.extend(again.outcomes)
     report.numbers["elapsed_seconds"] = round(time.monotonic() - started, 2)
     await _summarise(svc, emulator, settings, ids, reap, missed_before, report)
+
+
+def _running_for(emulator: Emulator, session_id: str) -> float:
+    """Wall-clock seconds the session has been running (0 when it is not running)."""
+    record = emulator.store.sessions[session_id]
+    if record.status != "running":
+        return 0.0
+    rows = billing_report(emulator)["sessions"]
+    emulated = float(next(r["running_seconds"] for r in rows if r["session_id"] == session_id))
+    return emulated / emulator.clock.speed
 
 
 def _emitted_idle(emulator: Emulator, session_id: str) -> bool:
@@ -383,6 +413,7 @@ async def _summarise(
                 "status": row.status if row else None,
                 "stop_reason": row.stop_reason if row else None,
                 "archived": (settings.results_dir / sid / "events.jsonl").exists(),
+                "outcome": (_outcome(settings, sid) or {}).get("outcome"),
                 "archive_runs": len(archive_runs),
                 "deleted": sid in deleted_ids,
             }
@@ -396,6 +427,17 @@ async def _summarise(
     duplicates = sum(d.duplicates for d in deliveries)
     billing = billing_report(emulator)
     rate = float(billing["rate_usd_per_container_hour"])
+    meters = {row["session_id"]: row for row in billing["sessions"]}
+    runaway = [ids[i] for i, c in enumerate(CASES) if c.runaway]
+    interrupted = set(reap.ids(ReaperActionKind.INTERRUPTED))
+    avoided_seconds = sum(float(meters[sid]["avoided_running_seconds"]) for sid in runaway)
+    avoided_usd = sum(
+        float(meters[sid]["avoided_runtime_usd"]) + float(meters[sid]["avoided_token_usd"])
+        for sid in runaway
+    )
+    delete_saving = sum(
+        o.saving_usd_per_hour for o in reap.outcomes if o.action is ReaperActionKind.DELETED
+    )
     report.numbers.update(
         {
             "sessions_launched": len(ids),
@@ -405,16 +447,22 @@ async def _summarise(
             "deliveries_reconciled": len(reconciled),
             "duplicates_suppressed": duplicates,
             "handler_runs": states,
-            "sessions_deleted": len(deleted_ids),
             "results_dir": str(settings.results_dir),
             "billing_model": billing["model"],
-            "container_hours_billed": round(billing["total_container_seconds"] / 3600, 4),
-            # Under "exists" billing a deleted session's container stops costing at once.
-            "saved_usd_per_hour_vs_never_deleting": round(reap.saving_usd_per_hour, 4),
+            "runtime_hours_billed": round(billing["total_container_seconds"] / 3600, 4),
+            "token_usd_billed": round(float(billing.get("total_token_usd", 0.0)), 4),
+            # The real saving under the documented model: a run nobody waited for, stopped.
+            "runaway_runs_interrupted": len(interrupted),
+            "runaway_runtime_avoided_hours": round(avoided_seconds / 3600, 4),
+            "runaway_usd_avoided": round(avoided_usd, 4),
+            # Idle sessions accrue no runtime: deleting them is clean-up, and saves $0.
+            "idle_sessions_deleted_as_cleanup": len(deleted_ids),
+            "usd_per_hour_saved_by_deleting_idle_sessions": round(delete_saving, 4),
         }
     )
 
     archived_cases = [i for i, c in enumerate(CASES) if c.archived]
+    by_webhook = [i for i in archived_cases if not CASES[i].runaway]
     report.check(
         "every launch created exactly one session",
         report.numbers["session_creates_seen_by_api"] == len(CASES)
@@ -426,14 +474,13 @@ async def _summarise(
         report.numbers["event_streams_opened"] == 0,
     )
     report.check(
-        "every finished, failed and terminated session archived exactly once",
+        "with no routes configured, every outcome was archived exactly once",
         all(
             report.sessions[i]["archived"] and report.sessions[i]["archive_runs"] == 1
-            for i in archived_cases
+            for i in by_webhook
         ),
         ", ".join(
-            f"{report.sessions[i]['case']}={report.sessions[i]['archive_runs']}"
-            for i in archived_cases
+            f"{report.sessions[i]['case']}={report.sessions[i]['archive_runs']}" for i in by_webhook
         ),
     )
     report.check(
@@ -450,6 +497,33 @@ async def _summarise(
             d.session_id in dropped for d in webhook_deliveries if d.event_type in IDLE_TYPES
         ),
         f"{len(reconciled)} synthetic deliveries",
+    )
+    budgeted = [i for i, c in enumerate(CASES) if c.budget_usd is not None]
+    report.check(
+        "the budgeted launch carried its ceiling and the API stopped it there",
+        all(
+            emulator.store.sessions[ids[i]].body.get("budget") is not None
+            and report.sessions[i]["stop_reason"] == "budget_reached"
+            for i in budgeted
+        ),
+        f"{len(budgeted)} budgeted",
+    )
+    outcomes = [_outcome(settings, sid) for sid in runaway]
+    report.check(
+        "the runaway was interrupted past max_running and archived as interrupted by idlehook",
+        interrupted == set(runaway)
+        and all(
+            o is not None
+            and (o.get("outcome"), o.get("interrupted_by"), o.get("interrupt_reason"))
+            == ("interrupted", "idlehook", "max_running")
+            for o in outcomes
+        ),
+        f"max_running {MAX_RUNNING} of wall time",
+    )
+    report.check(
+        "its billed runtime stopped: the ledger shows the runtime the interrupt avoided",
+        avoided_seconds > 0 and all(not emulator.store.sessions[sid].task for sid in runaway),
+        f"{avoided_seconds / 3600:.2f} h, ${avoided_usd:.4f} avoided",
     )
     waiting = [ids[i] for i, c in enumerate(CASES) if not c.archived]
     report.check(
@@ -469,10 +543,20 @@ async def _summarise(
     )
     report.check("the reaper reported no failures", bool(reap.ok))
     report.check(
-        "the reaper's saving matches the emulator's billing rate",
-        abs(reap.saving_usd_per_hour - len(deleted_ids) * rate) < 1e-9,
-        f"{len(deleted_ids)} x ${rate}/h",
+        "deleting idle sessions saved $0 (billing model running); the interrupt saved its rate",
+        billing["model"] == "running"
+        and delete_saving == 0.0
+        and abs(reap.saving_usd_per_hour - len(interrupted) * rate) < 1e-9,
+        f"{len(interrupted)} x ${rate}/h stopped",
     )
+
+
+def _outcome(settings: Settings, session_id: str) -> dict[str, Any] | None:
+    path = settings.results_dir / session_id / "result.json"
+    if not path.exists():
+        return None
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
 
 
 async def _all_gone(client: AsyncAnthropic, session_ids: set[str]) -> bool:
@@ -489,14 +573,14 @@ async def _all_gone(client: AsyncAnthropic, session_ids: set[str]) -> bool:
 
 def render(report: DemoReport, console: Console) -> None:
     table = Table(title="Sessions")
-    for column in ("session", "case", "status", "stop reason", "archived", "deleted"):
+    for column in ("session", "case", "status", "outcome", "archived", "deleted"):
         table.add_column(column)
     for row in report.sessions:
         table.add_row(
             row["session_id"],
             row["case"],
             str(row["status"]),
-            str(row["stop_reason"] or ""),
+            str(row["outcome"] or row["stop_reason"] or ""),
             "yes" if row["archived"] else "no",
             "yes" if row["deleted"] else "no",
         )

@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from handlers.billing import BillingModel, Pricing
+
 DEFAULT_CONFIG_PATH = Path("idlehook.toml")
 
 
@@ -43,21 +45,39 @@ class RouteRule(_Section):
     name: str = ""
     event_types: list[str] = Field(default_factory=list)
     stop_reasons: list[str] = Field(default_factory=list)
+    # Matches any stop reason but these: how "every outcome, even one never seen" is written.
+    except_stop_reasons: list[str] = Field(default_factory=list)
     statuses: list[str] = Field(default_factory=list)
     agent_ids: list[str] = Field(default_factory=list)
     deployment_ids: list[str] = Field(default_factory=list)
     metadata: dict[str, str] = Field(default_factory=dict)
     handlers: list[str]
+    # Keep a session this rule handled this long idle before the reaper may delete it
+    # (overrides `[reaper] idle_for`; the shortest of the matching rules wins).
+    idle_for: str | None = None
+
+    @field_validator("idle_for")
+    @classmethod
+    def _idle_for(cls, value: str | None) -> str | None:
+        return _check_duration(value)
+
+    def idle_for_seconds(self) -> float | None:
+        from sessions.durations import parse_duration
+
+        return None if self.idle_for is None else parse_duration(self.idle_for).total_seconds()
 
 
 def default_routes() -> list[RouteRule]:
+    """Every outcome is saved and reported: each idle stop reason the SDK knows (end_turn,
+    retries_exhausted, budget_reached, refusal) and any it does not know yet, and termination.
+    Only `requires_action` is answered instead, since the session is waiting, not done."""
     idle = ["session.status_idled", "session.idled"]
     terminated = ["session.status_terminated"]
     return [
         RouteRule(
             name="finished",
             event_types=idle,
-            stop_reasons=["end_turn"],
+            except_stop_reasons=["requires_action"],
             handlers=["archive", "log"],
         ),
         RouteRule(name="terminated", event_types=terminated, handlers=["archive", "log"]),
@@ -97,8 +117,14 @@ def _check_duration(value: str | None) -> str | None:
 class ReaperSettings(_Section):
     """`[reaper]`: which sessions `idlehook reap` deletes, and how carefully."""
 
-    # Idle this long with nothing pending: an orphan ("0s" allowed).
-    idle_for: str = "15m"
+    # A session rests this long without activity before it is deleted ("0s" allowed). Idle time
+    # is not billed (runtime accrues only while running), so keeping a finished session costs
+    # nothing and keeps it open for follow-ups; `[[routes]] idle_for` and per-launch
+    # `--idle-for` shorten or lengthen it.
+    idle_for: str = "24h"
+    # Interrupt a session running longer than this since its run started (None: off). Per
+    # launch: `idlehook start --max-running`. The one saving that is real under `running`.
+    max_running: str | None = None
     # Sessions idlehook did not launch are touched only when enabled, and only past this age.
     include_unowned: bool = False
     max_age: str | None = None
@@ -106,9 +132,11 @@ class ReaperSettings(_Section):
     owned_deployments: list[str] = Field(default_factory=list)
     # Any matching pair keeps a session, e.g. {keep = "true"}.
     exclude_metadata: dict[str, str] = Field(default_factory=lambda: {"keep": "true"})
-    # Save events.jsonl/result.json itself instead of skipping an unsaved session.
-    archive_before_delete: bool = False
-    container_usd_per_hour: float = Field(default=0.08, ge=0)
+    # Save events.jsonl/result.json itself before deleting a session no route saved, rather
+    # than keeping it forever: nothing is lost and nothing piles up by accident.
+    archive_before_delete: bool = True
+    # Deprecated: `runtime_usd_per_hour` at the top level. Still honoured when set.
+    container_usd_per_hour: float | None = Field(default=None, ge=0)
     # How far back (by created_at) to list sessions.
     lookback: str = "30d"
     # After interrupting a running session past its deadline, wait this long for it to idle.
@@ -118,7 +146,7 @@ class ReaperSettings(_Section):
     # Sessions judged and deleted at once; the shared rate gate paces their calls either way.
     concurrency: int = Field(default=8, ge=1, le=64)
 
-    _durations = field_validator("idle_for", "max_age", "lookback")(_check_duration)
+    _durations = field_validator("idle_for", "max_age", "lookback", "max_running")(_check_duration)
 
 
 class ReconcileSettings(_Section):
@@ -183,6 +211,38 @@ class ApprovalSettings(_Section):
     _durations = field_validator("timeout")(_check_duration)
 
 
+class LaunchSettings(_Section):
+    """`[launch]`: defaults for every session this instance starts."""
+
+    # A spend ceiling (USD) the API enforces on each session; `idlehook start --budget` and a
+    # request's `budget_usd` override it. None: uncapped.
+    budget_usd: float | None = None
+    # Glob patterns of models with a public list price: a budgeted launch of an agent that can
+    # run any other model is refused before the create call (the API would refuse it anyway).
+    priced_models: list[str] = Field(
+        default_factory=lambda: ["claude-opus-*", "claude-sonnet-*", "claude-haiku-*", "claude-3*"]
+    )
+
+    @field_validator("budget_usd")
+    @classmethod
+    def _budget(cls, value: float | None) -> float | None:
+        from sessions.budget import InvalidBudget, usd_to_cents
+
+        if value is not None:
+            try:
+                usd_to_cents(value)
+            except InvalidBudget as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("priced_models")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        if any(not pattern.strip() for pattern in value):
+            raise ValueError("a pattern must not be empty")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IDLEHOOK_",
@@ -221,6 +281,11 @@ class Settings(BaseSettings):
     # Refuse to launch into an environment with unrestricted networking (`idlehook start
     # --strict` per launch); otherwise such launches go ahead with a warning.
     strict: bool = False
+    # How the API bills: `running` (runtime only while a session runs, on usage.active_seconds,
+    # plus tokens at list price: as documented) or `exists` (the tutorial's: from create to
+    # delete). Every cost and saving idlehook reports is priced under this model and says so.
+    billing_model: BillingModel = "running"
+    runtime_usd_per_hour: float = Field(default=0.08, ge=0)
     # How often the in-process deadline watchdog polls sessions no webhook has spoken for.
     watchdog_seconds: float = Field(default=60.0, gt=0)
 
@@ -237,6 +302,7 @@ class Settings(BaseSettings):
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     tools: ToolsSettings = Field(default_factory=ToolsSettings)
     approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    launch: LaunchSettings = Field(default_factory=LaunchSettings)
 
     # The API's rate limits (requests per minute), shared by every worker through the store.
     create_rpm: int = Field(default=300, ge=1)
@@ -275,6 +341,10 @@ class Settings(BaseSettings):
             return cls(**overrides)
         finally:
             _toml_override = previous
+
+    def pricing(self) -> Pricing:
+        rate = self.reaper.container_usd_per_hour
+        return Pricing(self.billing_model, self.runtime_usd_per_hour if rate is None else rate)
 
     def signing_key_values(self) -> list[str]:
         return [key.get_secret_value() for key in self.webhook_signing_keys]

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from handlers.api import HandlerContext, Notification
 from handlers.builtin.answer import AnswerHandler
 from handlers.builtin.archive import ArchiveHandler
-from handlers.marking import session_marker
+from handlers.marking import interruption_reader, session_marker
 from handlers.registry import Registry
 from handlers.tools import confirm
 from handlers.tools.registry import ToolRegistry
@@ -31,7 +31,9 @@ from idlehook.logs import configure_logging
 from idlehook.settings import Settings
 from receiver.app import ReceiverApp, create_app
 from receiver.approvals_api import approvals_routes
+from receiver.budget_api import budget_routes
 from receiver.config import ReceiverConfig
+from receiver.followups_api import followup_routes
 from receiver.request_id import RequestIdMiddleware
 from receiver.sessions_api import sessions_routes
 from receiver.web import web_routes
@@ -130,6 +132,8 @@ def launcher(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Laun
         pacer(settings, engine),
         owner=settings.owner,
         strict=settings.strict,
+        budget_usd=settings.launch.budget_usd,
+        priced_models=settings.launch.priced_models,
     )
 
 
@@ -151,7 +155,8 @@ def reap_policy(
         owned_deployments=frozenset(cfg.owned_deployments),
         exclude_metadata=dict(cfg.exclude_metadata),
         archive_before_delete=cfg.archive_before_delete,
-        container_usd_per_hour=cfg.container_usd_per_hour,
+        max_running=parse_duration(cfg.max_running) if cfg.max_running else None,
+        pricing=settings.pricing(),
     )
 
 
@@ -162,7 +167,9 @@ def archiver(
     now: Callable[[], datetime] = utcnow,
 ) -> Archiver:
     """The archive plugin's own code, run by the reaper on a session nothing has saved yet."""
-    mark = session_marker(SessionStore(engine), now)
+    store = SessionStore(engine)
+    mark = session_marker(store, now)
+    interruption = interruption_reader(store)
     handler = ArchiveHandler(settings.results_dir)
     archive_log = structlog.get_logger("idlehook.reaper.archive")
 
@@ -184,6 +191,7 @@ def archiver(
             settings=settings,
             handler=handler.name,
             mark=mark,
+            interruption=interruption,
         )
         await handler.handle(ctx)
 
@@ -270,7 +278,7 @@ def service(
     drainer = LaunchDrainer(the_launcher) if run_worker else None
     periodic: list[Periodic] = []
     if run_worker:
-        watchdog = Watchdog(engine, client, pacer(settings, engine))
+        watchdog = Watchdog(engine, client, pacer(settings, engine), pricing=settings.pricing())
         periodic.append(Periodic("watchdog", settings.watchdog_seconds, watchdog.sweep))
         periodic.extend(_sweeps(settings, engine, client))
         periodic.append(approvals_sweep(settings, engine, client))
@@ -299,7 +307,9 @@ def service(
         inbox,
         routes=[
             *sessions_routes(the_launcher, settings.api_token),
-            *web_routes(engine, settings.api_token),
+            *followup_routes(the_launcher, settings.api_token),
+            *budget_routes(the_launcher, settings.api_token),
+            *web_routes(engine, settings.api_token, billing_model=settings.billing_model),
             *approvals_routes(engine, client, settings.api_token),
         ],
         lifespan=background,

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import metrics, ops
 from receiver.config import ReceiverConfig
 from receiver.intake import WebhookIntake
+from store import sessions as sessions_store
 from store.inbox import Inbox
 from store.models import utcnow
 
@@ -68,11 +69,15 @@ def create_app(
     if inbox.on_batch is None:
         inbox.on_batch = metrics.BATCH_SIZE.observe
 
+    def unsaved() -> int:
+        return sessions_store.unsaved_outcomes(inbox.engine, limit=0)[0]
+
     @contextlib.asynccontextmanager
     async def run(app: Starlette) -> AsyncIterator[None]:
         assert isinstance(app, ReceiverApp)
         await inbox.start()
         metrics.INBOX_DEPTH.attach(inbox.depth)
+        metrics.UNSAVED_OUTCOMES.attach(unsaved)
         try:
             if lifespan is None:
                 yield
@@ -81,6 +86,7 @@ def create_app(
                     yield
         finally:
             metrics.INBOX_DEPTH.detach(inbox.depth)
+            metrics.UNSAVED_OUTCOMES.detach(unsaved)
             await inbox.stop()
 
     app = ReceiverApp(

@@ -6,7 +6,6 @@ Bearer token or the web page's cookie (receiver/auth.py). The body is
 sweep; 409: someone decided first (the body says how); 404: no such approval.
 """
 
-import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -22,7 +21,7 @@ from starlette.routing import Route
 
 from handlers.tools.confirm import NotFound, settle
 from receiver.auth import authorised
-from receiver.errors import json_error
+from receiver.errors import json_body, json_error
 from store import approvals
 from store.approvals import ApprovalView, Decision, PendingApproval
 from store.models import utcnow
@@ -93,13 +92,9 @@ def approvals_routes(
             approval_id = int(request.path_params["approval_id"])
         except ValueError:
             return json_error(404, "not_found", "no such approval")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return json_error(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError:
-            return json_error(400, "invalid_request", "body is not valid JSON")
+        body = await json_body(request, MAX_BODY_BYTES)
+        if isinstance(body, JSONResponse):
+            return body
         try:
             decision, message = parse_decision(body)
         except ValueError as exc:

@@ -128,10 +128,12 @@ def key_matched(key_index: int) -> None:
     KEY_MATCHES.inc(_KEY_LABELS[key_index] if key_index < len(_KEY_LABELS) else str(key_index))
 
 
-class InboxDepthCollector(Collector):
-    """`idlehook_inbox_depth`, read from the store at scrape time (one cheap count)."""
+class StoreGauge(Collector):
+    """A gauge read from the store at scrape time (one cheap count), from the newest source."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
         self._lock = threading.Lock()
         self._sources: list[Callable[[], int]] = []
 
@@ -152,11 +154,9 @@ class InboxDepthCollector(Collector):
         try:
             depth = source()
         except Exception as exc:  # a scrape must not fail because the store is down
-            log.warning("metrics.depth_unavailable", error=type(exc).__name__)
+            log.warning("metrics.store_gauge_unavailable", name=self.name, error=type(exc).__name__)
             return
-        gauge = GaugeMetricFamily(
-            "idlehook_inbox_depth", "Handler runs not yet finished (pending, running, failed)."
-        )
+        gauge = GaugeMetricFamily(self.name, self.documentation)
         gauge.add_metric([], depth)
         yield gauge
 
@@ -164,5 +164,13 @@ class InboxDepthCollector(Collector):
         return iter(())  # not known before the first scrape; keeps registration side-effect free
 
 
-INBOX_DEPTH = InboxDepthCollector()
+INBOX_DEPTH = StoreGauge(
+    "idlehook_inbox_depth", "Handler runs not yet finished (pending, running, failed)."
+)
 REGISTRY.register(INBOX_DEPTH)
+UNSAVED_OUTCOMES = StoreGauge(
+    "idlehook_unsaved_outcomes",
+    "Sessions that ended (idle or terminated, not waiting on input, not deleted) whose latest "
+    "outcome no route has saved: failed runs nobody was told about.",
+)
+REGISTRY.register(UNSAVED_OUTCOMES)

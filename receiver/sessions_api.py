@@ -8,7 +8,6 @@ disk.
 """
 
 import asyncio
-import json
 from collections.abc import Callable
 from datetime import datetime
 
@@ -19,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from receiver.auth import authorised
-from receiver.errors import json_error
+from receiver.errors import json_body, json_error
 from sessions.launcher import (
     InvalidLaunch,
     Launcher,
@@ -46,13 +45,9 @@ def sessions_routes(
     async def launch(request: Request) -> Response:
         if not authorised(request, api_token):
             return json_error(401, "unauthorized", "send Authorization: Bearer <api_token>")
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return json_error(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
-        try:
-            body = json.loads(raw or b"null")
-        except ValueError:
-            return json_error(400, "invalid_request", "body is not valid JSON")
+        body = await json_body(request, MAX_BODY_BYTES)
+        if isinstance(body, JSONResponse):
+            return body
         if not isinstance(body, dict):
             return json_error(400, "invalid_request", "body must be a JSON object")
         queue = body.pop("queue", False)

@@ -112,6 +112,7 @@ def web_routes(
     *,
     now: Callable[[], datetime] = utcnow,
     limit: int = 50,
+    billing_model: str = "running",
 ) -> list[Route]:
     """Routes for the receiver app: `/` and `/login`."""
     token = api_token if auth.configured(api_token) else None
@@ -134,7 +135,7 @@ def web_routes(
         moment = now()
         view = await asyncio.to_thread(dashboard.load, engine, moment, limit)
         pending = await _pending(engine, list_pending)
-        return _page(lambda n: web_page.render(view, pending, n))
+        return _page(lambda n: web_page.render(view, pending, n, billing_model))
 
     async def login_form(request: Request) -> Response:
         if token is None:

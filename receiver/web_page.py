@@ -2,7 +2,7 @@
 
 Everything dynamic goes through `html.escape` (session titles, errors and tool inputs are
 written by agents and users). No external assets: the chart is inline SVG drawn here, styles are
-inline, and the one script (approval buttons) carries the response's CSP nonce.
+inline, and the scripts (approval and budget buttons) carry the response's CSP nonce.
 """
 
 import json
@@ -11,7 +11,8 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from store.dashboard import Dashboard, MinuteBucket
+from sessions.budget import cap_from_metadata
+from store.dashboard import Dashboard, MinuteBucket, SessionRow
 
 CHART_WIDTH = 1180
 CHART_HEIGHT = 220
@@ -51,6 +52,35 @@ for (const button of document.querySelectorAll("button[data-approval]")) {
     });
     outcome.textContent = response.ok ? decision : "failed (" + response.status + ")";
     if (response.ok) row.querySelectorAll("button").forEach((b) => (b.disabled = true));
+  });
+}
+"""
+
+
+_BUDGET_SCRIPT = """
+for (const button of document.querySelectorAll("button[data-budget-session]")) {
+  button.addEventListener("click", async () => {
+    const outcome = button.parentElement.querySelector(".outcome");
+    const answer = window.prompt(
+      "New spend ceiling in US dollars (now $" + button.dataset.budgetCap + ")", "");
+    if (answer === null || answer.trim() === "") return;
+    const usd = Number(answer);
+    if (!Number.isFinite(usd)) {
+      outcome.textContent = "not a number";
+      return;
+    }
+    const session = encodeURIComponent(button.dataset.budgetSession);
+    const response = await fetch("/sessions/" + session + "/budget", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: {"Content-Type": "application/json", "X-Idlehook-CSRF": "1"},
+      body: JSON.stringify({usd: usd}),
+    });
+    const body = await response.json().catch(() => ({}));
+    outcome.textContent = response.ok
+      ? "raised to $" + body.cap_usd.toFixed(2)
+      : body.message || "failed (" + response.status + ")";
+    if (response.ok) button.disabled = true;
   });
 }
 """
@@ -159,7 +189,44 @@ def _approvals(pending: Sequence[Any] | None) -> str:
     )
 
 
-def render(view: Dashboard, pending: Sequence[Any] | None, nonce: str) -> str:
+def _budget(row: SessionRow) -> str:
+    """Spent of cap for a budgeted session; beside one paused on its cap, a button to raise it."""
+    cap = cap_from_metadata(row.metadata)
+    if cap is None:
+        return ""
+    # A budget caps the token list cost only; `cost_usd` adds runtime.
+    cell = f'<span class="num">${row.token_usd or 0:.2f} / ${cap:.2f}</span>'
+    if row.status == "idle" and row.stop_reason == "budget_reached" and not row.deleted:
+        cell += (
+            f' <button data-budget-session="{escape(row.id)}" data-budget-cap="{cap:.2f}">'
+            'Raise budget</button><span class="outcome"></span>'
+        )
+    return cell
+
+
+_BILLING_NOTE = {
+    "running": (
+        "Billing model <b>running</b> (as the API documents): runtime is billed only while a "
+        "session runs (usage.active_seconds, per session-hour) plus tokens at list price. Idle "
+        "sessions cost nothing, so deleting them is clean-up, not a saving; what saves money is "
+        "interrupting runs nobody waits for (<code>[reaper] max_running</code>) and budgets."
+    ),
+    "exists": (
+        "Billing model <b>exists</b> (the tutorial's): a container is billed from create to "
+        "delete, so each deleted session saves its hourly rate. The API documents otherwise."
+    ),
+}
+
+
+def _result_cell(s: SessionRow) -> str:
+    if s.unsaved:
+        return '<span class="s-dead">unsaved</span>'
+    return "saved" if s.result_captured else ""
+
+
+def render(
+    view: Dashboard, pending: Sequence[Any] | None, nonce: str, billing_model: str = "running"
+) -> str:
     t = view.totals
     runs = t.runs_by_state
     cards = [
@@ -170,22 +237,36 @@ def render(view: Dashboard, pending: Sequence[Any] | None, nonce: str) -> str:
         ("runs ok", str(runs.get("succeeded", 0))),
         ("runs waiting", str(sum(runs.get(s, 0) for s in ("pending", "running", "failed")))),
         ("dead letters", str(runs.get("dead", 0))),
+        ("unsaved outcomes", str(t.unsaved_outcomes)),
+        ("interrupted", str(t.interrupted)),
         ("reaped", str(t.reaped)),
-        ("saved", f"${t.saving_usd_per_hour:.4f}/h"),
+        (f"saved ({billing_model})", f"${t.saving_usd_per_hour:.4f}/h"),
     ]
     cards_html = "".join(f'<div class="card">{escape(k)}<b>{escape(v)}</b></div>' for k, v in cards)
     sessions = _table(
-        ["session", "status", "stop reason", "route", "cost", "active", "created", "result"],
+        [
+            "session",
+            "status",
+            "stop reason",
+            "route",
+            "cost",
+            "budget",
+            "active",
+            "created",
+            "result",
+        ],
         (
             [
                 f"<code>{escape(s.id)}</code>",
                 _state("deleted" if s.deleted else s.status),
-                escape(s.stop_reason or ""),
+                escape(s.stop_reason or "")
+                + (f" (interrupted: {escape(s.interrupt_reason)})" if s.interrupt_reason else ""),
                 escape(s.route or ""),
                 f'<span class="num">{_money(s.cost_usd)}</span>',
+                _budget(s),
                 "" if s.active_seconds is None else f"{s.active_seconds:.1f}s",
                 _ts(s.created_at),
-                "saved" if s.result_captured else "",
+                _result_cell(s),
             ]
             for s in view.sessions
         ),
@@ -240,6 +321,8 @@ def render(view: Dashboard, pending: Sequence[Any] | None, nonce: str) -> str:
         "The reaper has not acted yet.",
     )
     script = f'<script nonce="{escape(nonce)}">{_APPROVAL_SCRIPT}</script>' if pending else ""
+    if "data-budget-session" in sessions:
+        script += f'<script nonce="{escape(nonce)}">{_BUDGET_SCRIPT}</script>'
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta http-equiv="refresh" content="30">'
@@ -249,6 +332,7 @@ def render(view: Dashboard, pending: Sequence[Any] | None, nonce: str) -> str:
         f'<h1>idlehook</h1><div class="muted">as of {_ts(view.now)} UTC · refreshes every 30 s'
         "</div>"
         f'<div class="cards">{cards_html}</div>'
+        f'<p class="muted">{_BILLING_NOTE.get(billing_model, "")}</p>'
         "<h2>Deliveries and handler latency, per minute, last hour</h2>"
         f"{chart_svg(view.chart)}"
         f"{_approvals(pending)}"

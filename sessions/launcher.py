@@ -31,12 +31,16 @@ from pydantic import (
 )
 from sqlalchemy.engine import Engine
 
+from sessions import budget
+from sessions.budget_raise import RaisedBudget, raise_budget
 from sessions.durations import DurationError, parse_duration
+from sessions.followups import FollowUpResult, FollowUps
 from sessions.launch_queue import backoff_delay, decide
 from sessions.metadata import IDEMPOTENCY_KEY, MetadataError, build_metadata, parse_pairs
 from sessions.pacing import Pacer
 from store.launches import LaunchStore, NewLaunch, SessionFacts
 from store.models import Launch, LaunchState, TrackedSession, utcnow
+from store.sessions import SessionStore, SessionUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +92,12 @@ class LaunchRequest(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     route: str | None = None
     deadline: str | None = Field(default=None, description='a duration from now: "2h", "90m"')
+    max_running: str | None = Field(
+        default=None, description='interrupt a run going on longer than this: "2h"'
+    )
+    idle_for: str | None = Field(
+        default=None, description='keep the session this long at rest before reaping: "7d"'
+    )
     files: list[str] = Field(
         default_factory=list,
         validation_alias=AliasChoices("files", "file"),
@@ -95,6 +105,11 @@ class LaunchRequest(BaseModel):
     )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=MAX_KEY_CHARS)
     strict: bool | None = None
+    budget_usd: float | None = Field(
+        default=None,
+        validation_alias=AliasChoices("budget_usd", "budget"),
+        description="a spend ceiling the API enforces; overrides [launch] budget_usd",
+    )
 
     @field_validator("metadata", mode="before")
     @classmethod
@@ -148,6 +163,8 @@ class PreparedLaunch:
     metadata: dict[str, str]
     file_ids: tuple[str, ...]
     strict: bool
+    # The spend ceiling in cents, fixed at enqueue time: a queued launch keeps it.
+    budget_cents: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -162,6 +179,7 @@ class PreparedLaunch:
             "metadata": dict(self.metadata),
             "file_ids": list(self.file_ids),
             "strict": self.strict,
+            "budget_cents": self.budget_cents,
         }
 
     @classmethod
@@ -179,6 +197,7 @@ class PreparedLaunch:
             metadata=dict(data.get("metadata") or {}),
             file_ids=tuple(data.get("file_ids") or ()),
             strict=bool(data.get("strict")),
+            budget_cents=data.get("budget_cents"),
         )
 
     def create_params(self, version: int) -> dict[str, Any]:
@@ -195,13 +214,27 @@ class PreparedLaunch:
             params["title"] = self.title
         if self.file_ids:
             params["resources"] = [{"type": "file", "file_id": f} for f in self.file_ids]
+        if self.budget_cents is not None:
+            params["budget"] = budget.budget_param(self.budget_cents)
         return params
 
 
 def prepare(
-    request: LaunchRequest, *, owner: str, strict_default: bool, now: datetime
+    request: LaunchRequest,
+    *,
+    owner: str,
+    strict_default: bool,
+    now: datetime,
+    budget_default: float | None = None,
 ) -> PreparedLaunch:
     """Everything that can be checked without the API; raises InvalidLaunch."""
+    budget_cents = None
+    usd = budget_default if request.budget_usd is None else request.budget_usd
+    if usd is not None:
+        try:
+            budget_cents = budget.usd_to_cents(usd)
+        except budget.InvalidBudget as exc:
+            raise InvalidLaunch(f"budget: {exc}") from None
     agent_id, version = parse_agent(request.agent)
     deadline = None
     if request.deadline is not None:
@@ -209,6 +242,14 @@ def prepare(
             deadline = now + parse_duration(request.deadline)
         except DurationError as exc:
             raise InvalidLaunch(f"deadline: {exc}") from None
+    # Kept as given (checked here) in the session's own metadata: the reaper reads them there.
+    for name in ("max_running", "idle_for"):
+        value = getattr(request, name)
+        if value is not None:
+            try:
+                parse_duration(value)
+            except DurationError as exc:
+                raise InvalidLaunch(f"{name}: {exc}") from None
     for file_id in request.files:
         if not _FILE_ID.fullmatch(file_id):
             raise InvalidLaunch(
@@ -223,6 +264,9 @@ def prepare(
             idempotency_key=key,
             route=request.route,
             deadline=deadline,
+            budget_cents=budget_cents,
+            max_running=request.max_running,
+            idle_for=request.idle_for,
         )
     except MetadataError as exc:
         raise InvalidLaunch(str(exc)) from None
@@ -238,6 +282,7 @@ def prepare(
         metadata=metadata,
         file_ids=tuple(request.files),
         strict=strict_default if request.strict is None else request.strict,
+        budget_cents=budget_cents,
     )
 
 
@@ -255,6 +300,7 @@ class LaunchResult:
     agent_version: int | None = None
     environment_id: str | None = None
     deadline: datetime | None = None
+    budget_usd: float | None = None
 
     @classmethod
     def of(cls, row: Launch, new: bool) -> "LaunchResult":
@@ -273,6 +319,11 @@ class LaunchResult:
             agent_version=row.agent_version or (prepared.agent_version if prepared else None),
             environment_id=prepared.environment_id if prepared else None,
             deadline=prepared.deadline if prepared else None,
+            budget_usd=(
+                prepared.budget_cents / 100
+                if prepared and prepared.budget_cents is not None
+                else None
+            ),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -288,6 +339,7 @@ class LaunchResult:
             "agent_version": self.agent_version,
             "environment_id": self.environment_id,
             "deadline": self.deadline.isoformat() if self.deadline else None,
+            "budget_usd": self.budget_usd,
         }
 
 
@@ -330,6 +382,9 @@ class Launcher:
         lease: timedelta = timedelta(minutes=5),
         max_attempts: int = 12,
         call_timeout_s: float = 60.0,
+        budget_usd: float | None = None,
+        priced_models: Sequence[str] = budget.DEFAULT_PRICED_MODELS,
+        agent_version_ttl: timedelta = timedelta(hours=1),
     ) -> None:
         self.store = LaunchStore(engine, now=now)
         # Retries go through the durable queue, never the SDK: it sends no idempotency key, so
@@ -343,11 +398,22 @@ class Launcher:
         self._now = now
         self._environments = _TTLCache(preflight_ttl, now)
         self._agents = _TTLCache(agent_ttl, now)
+        # `[launch] budget_usd`, and the models a budget can be enforced on.
+        self.budget_usd = budget_usd
+        self.priced_models = tuple(priced_models)
+        # Agent versions never change: their models are read once an hour at most.
+        self._agent_versions = _TTLCache(agent_version_ttl, now)
 
     # --- accepting launches ---------------------------------------------------------------------
 
     def prepare(self, request: LaunchRequest) -> PreparedLaunch:
-        return prepare(request, owner=self.owner, strict_default=self.strict, now=self._now())
+        return prepare(
+            request,
+            owner=self.owner,
+            strict_default=self.strict,
+            now=self._now(),
+            budget_default=self.budget_usd,
+        )
 
     async def enqueue(self, request: LaunchRequest) -> LaunchResult:
         """Queue one launch and return at once (state `queued`, or the earlier launch's)."""
@@ -433,6 +499,8 @@ class Launcher:
             try:
                 warnings = await self._preflight(prepared)
                 version = prepared.agent_version or await self._resolve_agent(prepared.agent_id)
+                if prepared.budget_cents is not None:
+                    await self._check_budgetable(prepared.agent_id, version)
                 if launch.outcome_unknown and launch.first_attempt_at is not None:
                     existing = await self._find_existing(prepared, launch.first_attempt_at)
                     if existing is not None:
@@ -461,6 +529,14 @@ class Launcher:
                 await self._fail(launch, owner, prepared, str(exc), first_attempt, unknown=False)
                 return
             except Exception as exc:
+                refusal = budget.api_refusal(exc)
+                if refusal is not None:
+                    # A 400 is a clear "not created", and asking again changes nothing.
+                    log.warning("launch.rejected", error=str(refusal), reason=refusal.reason)
+                    await self._fail(
+                        launch, owner, prepared, str(refusal), first_attempt, unknown=False
+                    )
+                    return
                 await self._after_error(launch, owner, prepared, exc, sent, first_attempt)
                 return
             log.info("launch.created", session_id=session.id, agent_version=version)
@@ -620,7 +696,49 @@ class Launcher:
             if agent.archived_at:
                 raise LaunchRejected(f"agent {agent_id} is archived")
             cache.put(agent_id, agent.version)
+            # The latest version is a version like any other: a budget check needs no re-read.
+            self._agent_versions.put(f"{agent_id}:{agent.version}", agent)
             return int(agent.version)
+
+    async def _agent_at(self, agent_id: str, version: int) -> Any:
+        """One agent version (its model, its callable agents), read once, paced."""
+        key = f"{agent_id}:{version}"
+        cache = self._agent_versions
+        hit, value = cache.fresh(key)
+        if hit:
+            return value
+        async with cache.lock(key):
+            hit, value = cache.fresh(key)
+            if hit:
+                return value
+            await self.pacer.acquire("read")
+            try:
+                agent = await self.client.beta.agents.retrieve(agent_id, version=version)
+            except anthropic.NotFoundError:
+                raise LaunchRejected(f"unknown agent {agent_id}") from None
+            except anthropic.BadRequestError as exc:
+                raise LaunchRejected(f"agent {agent_id}:{version}: {exc.message}") from None
+            cache.put(key, agent)
+            return agent
+
+    async def _check_budgetable(self, agent_id: str, version: int) -> None:
+        """Refuse, before any create call, a budget on an agent that can run a model without a
+        public list price: the API would refuse it too (`model_not_budgetable`)."""
+        uses: list[tuple[str, budget.ModelUse]] = []
+        todo: list[tuple[str, int]] = [(agent_id, version)]
+        seen: set[tuple[str, int]] = set()
+        while todo and len(seen) < budget.MAX_AGENTS_READ:
+            ref = todo.pop(0)
+            if ref in seen:
+                continue
+            seen.add(ref)
+            models, calls = budget.agent_models(await self._agent_at(*ref))
+            owner = agent_id if ref == (agent_id, version) else f"agent {ref[0]}:{ref[1]}"
+            uses.extend((owner, use) for use in models)
+            todo.extend(calls)
+        problem = budget.unbudgetable(agent_id, uses, self.priced_models)
+        if problem is not None:
+            raise LaunchRejected(problem)
 
     async def _find_existing(self, prepared: PreparedLaunch, first_attempt: datetime) -> Any:
         """A session an earlier, unanswered create made after all: found by our key."""
@@ -640,6 +758,49 @@ class Launcher:
             await self.pacer.acquire("read")
             page = await page.get_next_page()
         return None
+
+    # --- budgets -------------------------------------------------------------------------------
+
+    async def raise_budget(self, session_id: str, usd: object) -> RaisedBudget:
+        """Raise a session's spend ceiling to `usd` (a person's decision, after a
+        `budget_reached` pause; the API resumes the session itself). Raises a
+        `sessions.budget.BudgetError` naming the problem; a refusal makes no update call."""
+        raised = await raise_budget(self.client, self.pacer, session_id, usd)
+        try:
+            await asyncio.to_thread(self._record_budget, raised)
+        except Exception as exc:
+            # The raise itself stands; the listing catches up at the session's next webhook.
+            log.warning("budget.record_failed", session_id=session_id, error=type(exc).__name__)
+        return raised
+
+    def _record_budget(self, raised: RaisedBudget) -> None:
+        # Listings read the cap from the tracked copy of the metadata: bring it up to date now
+        # rather than at the next webhook. Sessions we do not track stay untracked.
+        sessions = SessionStore(self.store.engine)
+        if sessions.get(raised.session_id) is not None:
+            update = SessionUpdate(metadata=raised.metadata)
+            sessions.record(raised.session_id, update, self._now())
+
+    # --- follow-ups ----------------------------------------------------------------------------
+
+    async def send(
+        self,
+        session_id: str,
+        message: str,
+        *,
+        idempotency_key: str | None = None,
+        deadline: str | None = None,
+    ) -> FollowUpResult:
+        """Send one more message to an existing session, idle or running (it queues), and
+        re-arm its deadline: now plus the run's allowance, or `deadline` ("2h") when given.
+
+        The same key for the same session sends once; without one, a fresh key is made. Raises
+        a `sessions.followups.FollowUpError` naming the problem (see sessions/followups.py).
+        """
+        followups = FollowUps(self.store.engine, self.client, self.pacer, now=self._now)
+        return await followups.send(
+            session_id, message, idempotency_key=idempotency_key, deadline=deadline
+        )
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -677,6 +838,9 @@ def describe_tracked(session: TrackedSession, now: datetime) -> dict[str, Any]:
         "deadline": session.deadline.isoformat() if session.deadline else None,
         "result_captured": session.result_captured_at is not None,
         "cost_usd": session.cost_usd,
+        "token_usd": session.token_usd,
+        # The spend ceiling stamped at launch (and on each raise); None: uncapped.
+        "budget_usd": budget.cap_from_metadata(session.session_metadata),
         "reap_requested": session.reap_requested_at is not None,
         "created_at": session.created_at.isoformat() if session.created_at else None,
     }

@@ -16,6 +16,11 @@ OWNER_KEY = "idlehook_owner"
 ROUTE_KEY = "idlehook_route"
 DEADLINE_KEY = "idlehook_deadline"
 IDEMPOTENCY_KEY = "idlehook_idempotency_key"
+# Per-launch limits the reaper reads off the session itself, so they hold whoever reaps it.
+MAX_RUNNING_KEY = "idlehook_max_running"
+IDLE_FOR_KEY = "idlehook_idle_for"
+# The spend ceiling in USD ("12.50"), so listings read it from the store's copy of the metadata.
+BUDGET_KEY = "idlehook_budget_usd"
 
 
 class MetadataError(ValueError):
@@ -48,6 +53,9 @@ def build_metadata(
     idempotency_key: str,
     route: str | None = None,
     deadline: datetime | None = None,
+    max_running: str | None = None,
+    idle_for: str | None = None,
+    budget_cents: int | None = None,
 ) -> dict[str, str]:
     """User pairs plus idlehook's reserved keys, checked against the API's limits.
 
@@ -64,6 +72,12 @@ def build_metadata(
         reserved[ROUTE_KEY] = route
     if deadline is not None:
         reserved[DEADLINE_KEY] = format_deadline(deadline)
+    if max_running is not None:
+        reserved[MAX_RUNNING_KEY] = max_running
+    if idle_for is not None:
+        reserved[IDLE_FOR_KEY] = idle_for
+    if budget_cents is not None:
+        reserved[BUDGET_KEY] = f"{budget_cents / 100:.2f}"
     merged = {**user, **reserved}
     check_limits(merged, reserved_count=len(reserved))
     return merged

@@ -13,7 +13,9 @@ REAPER_ACTIONS = Counter(
 )
 REAPER_SAVING = Gauge(
     "idlehook_reaper_saving_usd_per_hour",
-    "Estimated container cost the last reaper run's deletes stopped, USD per hour",
+    "Runtime cost the last reaper run's actions stopped, USD per hour, under the billing model "
+    "named (running: interrupts of runaway runs; deleting an idle session saves nothing)",
+    ["billing_model"],
 )
 RECONCILE_SYNTHETIC = Counter(
     "idlehook_reconcile_synthetic_deliveries_total",

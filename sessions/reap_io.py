@@ -166,6 +166,25 @@ class PacedCalls:
         event = await self.latest_event(session.id) if latest is UNREAD else latest
         return snapshot_of(session, event)
 
+    async def run_started_at(self, session_id: str) -> datetime | None:
+        """When the session's current run began: its first `status_running` since it last
+        rested. Two reads, spent only on sessions old enough to be over a run-length limit; a
+        reschedule within the run re-emits `status_running` and must not restart the clock."""
+        rested = await self.latest_event(
+            session_id, ("session.status_idle", "session.status_terminated")
+        )
+        params: dict[str, Any] = {
+            "order": "asc",
+            "limit": 1,
+            "types": ["session.status_running"],
+        }
+        rested_at = getattr(rested, "processed_at", None)
+        if rested_at is not None:
+            params["created_at_gt"] = rested_at
+        page = await self.call(lambda: self.client.beta.sessions.events.list(session_id, **params))
+        started = getattr(page.data[0], "processed_at", None) if page.data else None
+        return as_utc(started) if started is not None else None
+
     async def last_event_id(self, session_id: str) -> str | None:
         event = await self.latest_event(session_id)
         return getattr(event, "id", None)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from handlers.billing import Pricing, delete_saving_per_hour, interrupt_saving_per_hour
 from sessions.session_view import SessionView
 
 # Statuses that hold no turn in progress: a delete is possible.
@@ -30,10 +31,11 @@ class Action(StrEnum):
 class Reason(StrEnum):
     TERMINATED = "terminated"
     PAST_DEADLINE = "past_deadline"
-    BUDGET_REACHED = "budget_reached"
-    HANDLED = "handled"  # result and transcript saved, still not deleted
+    MAX_RUNNING = "max_running"  # one run has gone on longer than `max_running`
+    BUDGET_REACHED = "budget_reached"  # stopped on its budget and nobody raised it in idle_for
+    HANDLED = "handled"  # result and transcript saved, then idle for `idle_for`
     REAP_REQUESTED = "reap_requested"  # the deadline watchdog interrupted it for us
-    IDLE_PAST_GRACE = "idle_past_grace"
+    IDLE_PAST_GRACE = "idle_past_grace"  # idle for `idle_for`, nothing saved it (yet)
     UNOWNED_MAX_AGE = "unowned_max_age"
 
 
@@ -41,6 +43,7 @@ class Block(StrEnum):
     """Why a chosen session is held back this run."""
 
     PENDING_HANDLERS = "pending_handlers"
+    AWAITING_APPROVAL = "awaiting_approval"  # a person may still answer its held tool call
     RESULT_NOT_SAVED = "result_not_saved"
     CHANGED = "changed_since_chosen"
     STILL_RUNNING = "still_running"
@@ -49,13 +52,15 @@ class Block(StrEnum):
 @dataclass(frozen=True)
 class ReapPolicy:
     owner: str
-    idle_for: timedelta = timedelta(minutes=15)
+    idle_for: timedelta = timedelta(hours=24)
     include_unowned: bool = False
     max_age: timedelta | None = None
     owned_deployments: frozenset[str] = frozenset()
     exclude_metadata: Mapping[str, str] = field(default_factory=dict)
-    archive_before_delete: bool = False
-    container_usd_per_hour: float = 0.08
+    archive_before_delete: bool = True
+    # A run going on longer than this is interrupted (None: never, unless a launch set one).
+    max_running: timedelta | None = None
+    pricing: Pricing = field(default_factory=Pricing)
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,39 @@ def excluded(s: SessionView, policy: ReapPolicy) -> bool:
     return any(s.metadata.get(key) == value for key, value in policy.exclude_metadata.items())
 
 
+def max_running(s: SessionView, policy: ReapPolicy) -> timedelta | None:
+    """The run-length limit for this session: its launch's own, else the policy's."""
+    return s.max_running if s.max_running is not None else policy.max_running
+
+
+def run_too_long(s: SessionView, policy: ReapPolicy, now: datetime) -> bool:
+    limit = max_running(s, policy)
+    return (
+        s.status in BUSY
+        and limit is not None
+        and s.run_started_at is not None
+        and now - s.run_started_at >= limit
+    )
+
+
+def may_run_too_long(s: SessionView, policy: ReapPolicy, now: datetime) -> bool:
+    """Worth reading when its run started? A run starts after its session is created, so a
+    session younger than the limit cannot be over it: no call spent on it."""
+    limit = max_running(s, policy)
+    return s.status in BUSY and limit is not None and now - s.created_at >= limit
+
+
+def idle_for(s: SessionView, policy: ReapPolicy) -> timedelta:
+    return s.idle_for if s.idle_for is not None else policy.idle_for
+
+
 def choose(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | None:
-    """The action an orphan calls for, or None when the session is not an orphan."""
+    """The action an orphan calls for, or None when the session is not an orphan.
+
+    Under the documented billing a resting session costs nothing, so a finished one is kept
+    for follow-ups until it has rested `idle_for`; a run that will not end is what costs, and
+    is interrupted past `max_running`.
+    """
     if excluded(s, policy):
         return None
     owned = ownership(s, policy)
@@ -92,22 +128,29 @@ def choose(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | None:
     if s.deadline is not None and now > s.deadline:
         action = Action.INTERRUPT if s.status in BUSY else Action.DELETE
         return Verdict(action, Reason.PAST_DEADLINE)
+    if run_too_long(s, policy, now):
+        return Verdict(Action.INTERRUPT, Reason.MAX_RUNNING)
     if s.status != "idle":
         return None
-    if s.stop_reason == "budget_reached":
-        return Verdict(Action.DELETE, Reason.BUDGET_REACHED)
-    if s.result_saved:
-        return Verdict(Action.DELETE, Reason.HANDLED)
     if s.reap_requested:
         return Verdict(Action.DELETE, Reason.REAP_REQUESTED)
-    if now - s.updated_at >= policy.idle_for:
-        return Verdict(Action.DELETE, Reason.IDLE_PAST_GRACE)
-    return None
+    if now - s.last_activity < idle_for(s, policy):
+        return None
+    if s.result_saved:
+        return Verdict(Action.DELETE, Reason.HANDLED)
+    if s.stop_reason == "budget_reached":
+        return Verdict(Action.DELETE, Reason.BUDGET_REACHED)
+    return Verdict(Action.DELETE, Reason.IDLE_PAST_GRACE)
 
 
 def _unowned(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | None:
+    if not policy.include_unowned:
+        return None
+    # A runaway costs whoever owns it: with the switch on, stopping it needs no age.
+    if run_too_long(s, policy, now):
+        return Verdict(Action.INTERRUPT, Reason.MAX_RUNNING)
     # Someone else's session is deleted only when asked twice: the switch, and an age.
-    if not policy.include_unowned or policy.max_age is None:
+    if policy.max_age is None:
         return None
     if s.status not in RESTING or now - s.created_at < policy.max_age:
         return None
@@ -116,10 +159,16 @@ def _unowned(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | Non
 
 def blocker(s: SessionView, verdict: Verdict, policy: ReapPolicy) -> Block | None:
     """Why `verdict` must not be carried out now, or None when it may."""
-    if s.pending_runs > 0:
-        return Block.PENDING_HANDLERS
+    # Stopping a run loses nothing (its result is saved once it rests), and a busy session's
+    # lane may hold the runs of its own running notifications: interrupts are never held.
     if verdict.action is Action.INTERRUPT:
         return None
+    if s.pending_runs > 0:
+        return Block.PENDING_HANDLERS
+    # Resting for idle_for does not make a session waiting on a person an orphan; the approval
+    # timeout (denied, then handed to the reaper) or a deadline does.
+    if s.pending_approvals > 0 and verdict.reason in _RESTED:
+        return Block.AWAITING_APPROVAL
     if s.status in BUSY:
         return Block.STILL_RUNNING
     # We never archived someone else's session, so "saved" is a promise only ours carry.
@@ -132,6 +181,9 @@ def blocker(s: SessionView, verdict: Verdict, policy: ReapPolicy) -> Block | Non
     return None
 
 
+_RESTED = (Reason.HANDLED, Reason.IDLE_PAST_GRACE, Reason.BUDGET_REACHED)
+
+
 def needs_archive(s: SessionView, verdict: Verdict, policy: ReapPolicy) -> bool:
     return (
         verdict.action is Action.DELETE
@@ -142,7 +194,10 @@ def needs_archive(s: SessionView, verdict: Verdict, policy: ReapPolicy) -> bool:
 
 
 def saving_per_hour(s: SessionView, verdict: Verdict, policy: ReapPolicy) -> float:
-    """Container cost a delete stops, in USD per hour: one container per live session."""
-    if verdict.action is not Action.DELETE:
-        return 0.0
-    return policy.container_usd_per_hour
+    """Runtime an action stops, USD per hour, under the policy's billing model.
+
+    Under `running` (as documented) a delete of a resting session saves nothing, and an
+    interrupt stops a session billing its runtime; under `exists` only a delete saves."""
+    if verdict.action is Action.INTERRUPT:
+        return interrupt_saving_per_hour(policy.pricing)
+    return delete_saving_per_hour(s.status, policy.pricing)

@@ -19,28 +19,35 @@ from anthropic import AsyncAnthropic
 from sqlalchemy.engine import Engine
 
 from sessions import metrics
-from sessions.reap_io import UNREAD, Gate, OpenGate, PacedCalls, Snapshot
+from sessions.reap_io import UNREAD, Gate, OpenGate, PacedCalls, Snapshot, snapshot_of
 from sessions.reap_policy import (
+    BUSY,
     RESTING,
     Action,
     Block,
     Ownership,
     ReapPolicy,
+    Reason,
     Verdict,
     blocker,
     choose,
     excluded,
+    idle_for,
+    max_running,
+    may_run_too_long,
     needs_archive,
     ownership,
     saving_per_hour,
 )
 from sessions.session_view import SessionView, as_utc, saved_since, view_of
-from store import audit
+from store import approvals, audit
 from store.models import ReaperAction, ReaperActionKind, TrackedSession, utcnow
+from store.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
 
 ALL_STATUSES = ("idle", "terminated", "running", "rescheduling")
+_SAVING_ACTIONS = (ReaperActionKind.DELETED, ReaperActionKind.INTERRUPTED)
 GONE = "already_gone"
 
 # Saves events.jsonl/result.json of one session, as the archive handler does.
@@ -52,6 +59,15 @@ class Candidate:
     view: SessionView
     verdict: Verdict
     snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class StoreFacts:
+    """What the store knows of a batch of sessions, read in one go."""
+
+    tracked: dict[str, TrackedSession]
+    pending_runs: dict[str, int]
+    pending_approvals: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,7 @@ class Outcome:
     status: str
     saving_usd_per_hour: float = 0.0
     error: str | None = None
+    detail: str | None = None  # why, in words a person can check: "running 3h05m > 2h"
 
     @property
     def failed(self) -> bool:
@@ -82,6 +99,7 @@ class ReapReport:
     examined: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
     rate_limited: int = 0
+    billing_model: str = "running"
 
     @property
     def ok(self) -> bool:
@@ -89,9 +107,8 @@ class ReapReport:
 
     @property
     def saving_usd_per_hour(self) -> float:
-        return sum(
-            o.saving_usd_per_hour for o in self.outcomes if o.action is ReaperActionKind.DELETED
-        )
+        """What this run's interrupts and deletes stopped, under `billing_model`."""
+        return sum(o.saving_usd_per_hour for o in self.outcomes if o.action in _SAVING_ACTIONS)
 
     def ids(self, action: ReaperActionKind) -> list[str]:
         return [o.session_id for o in self.outcomes if o.action is action]
@@ -102,6 +119,7 @@ class ReapReport:
             "dry_run": self.dry_run,
             "examined": self.examined,
             "ok": self.ok,
+            "billing_model": self.billing_model,
             "saving_usd_per_hour": round(self.saving_usd_per_hour, 6),
             "rate_limited": self.rate_limited,
             "actions": [
@@ -111,6 +129,7 @@ class ReapReport:
                     "reason": o.reason,
                     "status": o.status,
                     "saving_usd_per_hour": o.saving_usd_per_hour,
+                    "detail": o.detail,
                     "error": o.error,
                 }
                 for o in self.outcomes
@@ -165,16 +184,18 @@ class Reaper:
             created_at_gte=now - self.lookback, statuses=self.statuses
         )
         ids = [s.id for s in sessions]
-        tracked, pending = await asyncio.to_thread(self._store_facts, ids)
+        facts = await asyncio.to_thread(self._store_facts, ids)
         slots = asyncio.Semaphore(self.concurrency)
 
         async def consider(session: Any) -> Candidate | None:
             async with slots:
-                view, verdict, latest = await self._judge(
-                    session, tracked.get(session.id), pending.get(session.id, 0), now
-                )
+                view, verdict, latest = await self._judge(session, facts, now)
                 if verdict is None:
                     return None
+                if verdict.action is Action.INTERRUPT:
+                    # A run in progress adds events all the time: "unchanged" means still busy,
+                    # which the retrieve before the interrupt checks; no event read for it.
+                    return Candidate(view, verdict, snapshot_of(session, None))
                 return Candidate(view, verdict, await self.calls.snapshot(session, latest))
 
         # gather keeps the listing's order, so the plan (and the report) read oldest first.
@@ -184,11 +205,21 @@ class Reaper:
         return Plan(candidates, examined=len(sessions))
 
     async def _judge(
-        self, session: Any, row: TrackedSession | None, pending: int, now: datetime
+        self, session: Any, facts: "StoreFacts", now: datetime
     ) -> tuple[SessionView, Verdict | None, Any]:
         """The view, the verdict, and the latest event if it was read on the way (else UNREAD)."""
-        view = view_of(session, row, pending_runs=pending)
+        row = facts.tracked.get(session.id)
+        pending = facts.pending_runs.get(session.id, 0)
+        awaiting = facts.pending_approvals.get(session.id, 0)
+        view = view_of(session, row, pending_runs=pending, pending_approvals=awaiting)
         latest_event = UNREAD
+        if (
+            may_run_too_long(view, self.policy, now)
+            and not excluded(view, self.policy)
+            and self._may_interrupt(view)
+        ):
+            started = await self.calls.run_started_at(view.id)
+            view = replace(view, run_started_at=started)
         # The store's stop reason may be a turn behind (or missing), and its saved marks may be
         # an earlier turn's: for a resting session of ours the event list has the truth.
         if (
@@ -205,13 +236,25 @@ class Reaper:
                     session,
                     row,
                     pending_runs=pending,
+                    pending_approvals=awaiting,
                     stop_reason=latest.stop_reason,
                     rested_at=latest.at,
                 )
         return view, choose(view, self.policy, now), latest_event
 
-    def _store_facts(self, ids: Sequence[str]) -> tuple[dict[str, Any], dict[str, int]]:
-        return audit.tracked_sessions(self.engine, ids), audit.unfinished_runs(self.engine, ids)
+    def _may_interrupt(self, view: SessionView) -> bool:
+        owned = ownership(view, self.policy)
+        return owned is Ownership.OURS or (
+            owned is Ownership.UNOWNED and self.policy.include_unowned
+        )
+
+    def _store_facts(self, ids: Sequence[str]) -> "StoreFacts":
+        waiting = approvals.count_pending_by_session(self.engine)
+        return StoreFacts(
+            tracked=audit.tracked_sessions(self.engine, ids),
+            pending_runs=audit.unfinished_runs(self.engine, ids),
+            pending_approvals={sid: n for sid, n in waiting.items() if sid in set(ids)},
+        )
 
     # -- acting --------------------------------------------------------------------------
 
@@ -222,7 +265,12 @@ class Reaper:
         dry_run: bool = False,
         progress: Callable[[int, int], None] | None = None,
     ) -> ReapReport:
-        report = ReapReport(run_id=uuid.uuid4().hex, dry_run=dry_run, examined=plan.examined)
+        report = ReapReport(
+            run_id=uuid.uuid4().hex,
+            dry_run=dry_run,
+            examined=plan.examined,
+            billing_model=self.policy.pricing.model,
+        )
         total = len(plan.candidates)
         slots = asyncio.Semaphore(self.concurrency)
         done = 0
@@ -241,7 +289,9 @@ class Reaper:
             report.outcomes.extend(outcomes)
         report.rate_limited = self.calls.rate_limited
         if not dry_run:
-            metrics.REAPER_SAVING.set(report.saving_usd_per_hour)
+            metrics.REAPER_SAVING.labels(billing_model=report.billing_model).set(
+                report.saving_usd_per_hour
+            )
         log.info(
             "reaper.done",
             run_id=report.run_id,
@@ -249,6 +299,7 @@ class Reaper:
             examined=report.examined,
             acted=len(report.outcomes),
             ok=report.ok,
+            billing_model=report.billing_model,
             saving_usd_per_hour=round(report.saving_usd_per_hour, 4),
         )
         return report
@@ -263,9 +314,9 @@ class Reaper:
         try:
             if verdict.action is Action.INTERRUPT:
                 session = await self.calls.retrieve(view.id)
-                if await self.calls.snapshot(session) != candidate.snapshot:
+                if str(session.status) not in BUSY:  # it stopped by itself meanwhile
                     return [self._outcome(view, ReaperActionKind.SKIPPED, Block.CHANGED, False)]
-                return await self._interrupt_then_delete(view, verdict)
+                return await self._interrupt_then_reap(view, verdict)
             # Whatever changes a resting session adds an event to it (a new turn its user and
             # status events, an update its `session.updated`), so an unchanged latest event id
             # is an unchanged session: one call where a retrieve plus an event read were two.
@@ -280,7 +331,11 @@ class Reaper:
 
     def _preview(self, view: SessionView, verdict: Verdict) -> list[Outcome]:
         if verdict.action is Action.INTERRUPT:
-            return [self._outcome(view, ReaperActionKind.INTERRUPTED, verdict.reason, True)]
+            saving = saving_per_hour(view, verdict, self.policy)
+            outcome = self._outcome(
+                view, ReaperActionKind.INTERRUPTED, verdict.reason, True, saving=saving
+            )
+            return [outcome]
         outcomes = []
         if needs_archive(view, verdict, self.policy):
             outcomes.append(self._outcome(view, ReaperActionKind.ARCHIVED, verdict.reason, True))
@@ -290,9 +345,19 @@ class Reaper:
         )
         return outcomes
 
-    async def _interrupt_then_delete(self, view: SessionView, verdict: Verdict) -> list[Outcome]:
+    async def _interrupt_then_reap(self, view: SessionView, verdict: Verdict) -> list[Outcome]:
+        """Stop the run, then judge the resting session as any other: past its deadline it
+        goes at once; a runaway is kept for `idle_for` like a finished session (its result is
+        archived by its idle webhook, or by us before any delete)."""
+        # Recorded first, so the result archived off the coming idle says who stopped it.
+        await asyncio.to_thread(
+            SessionStore(self.engine).record_interrupt, view.id, str(verdict.reason), self.now()
+        )
         await self.calls.interrupt(view.id)
-        outcomes = [self._outcome(view, ReaperActionKind.INTERRUPTED, verdict.reason, False)]
+        saving = saving_per_hour(view, verdict, self.policy)
+        outcomes = [
+            self._outcome(view, ReaperActionKind.INTERRUPTED, verdict.reason, False, saving=saving)
+        ]
         try:
             session = await self._wait_until_resting(view.id)
             if session is None:
@@ -301,15 +366,20 @@ class Reaper:
             # interrupt ended a turn, so only a save made after that covers the session.
             latest = await self.calls.latest_status(view.id)
             rested_at = latest.at if latest is not None else as_utc(session.updated_at)
-            delete = Verdict(Action.DELETE, verdict.reason)
             idle = await self._refresh_guards(
                 replace(
                     view,
                     status=str(session.status),
                     updated_at=as_utc(session.updated_at),
                     rested_at=rested_at,
+                    run_started_at=None,
+                    stop_reason=latest.stop_reason if latest is not None else view.stop_reason,
                 )
             )
+            then = choose(idle, self.policy, self.now())
+            if then is None or then.action is not Action.DELETE:
+                return outcomes
+            delete = Verdict(Action.DELETE, verdict.reason)
             block = blocker(idle, delete, self.policy)
             if block is not None:
                 return [*outcomes, self._outcome(idle, ReaperActionKind.SKIPPED, block, False)]
@@ -372,9 +442,14 @@ class Reaper:
 
     async def _refresh_guards(self, view: SessionView) -> SessionView:
         """The store's side of a view, read again: handlers may have run since the plan."""
-        tracked, pending = await asyncio.to_thread(self._store_facts, [view.id])
-        saved = saved_since(tracked.get(view.id), view.rested_at)
-        return replace(view, pending_runs=pending.get(view.id, 0), result_saved=saved)
+        facts = await asyncio.to_thread(self._store_facts, [view.id])
+        saved = saved_since(facts.tracked.get(view.id), view.rested_at)
+        return replace(
+            view,
+            pending_runs=facts.pending_runs.get(view.id, 0),
+            pending_approvals=facts.pending_approvals.get(view.id, 0),
+            result_saved=saved,
+        )
 
     # -- recording -----------------------------------------------------------------------
 
@@ -388,14 +463,18 @@ class Reaper:
         saving: float = 0.0,
         error: str | None = None,
     ) -> Outcome:
+        detail = explain(view, reason, self.policy, self.now())
         log.info(
             "reaper.action",
             session_id=view.id,
             action=str(action),
             reason=str(reason),
+            detail=detail,
             dry_run=dry_run,
+            billing_model=self.policy.pricing.model,
+            saving_usd_per_hour=saving,
         )
-        return Outcome(view.id, action, str(reason), dry_run, view.status, saving, error)
+        return Outcome(view.id, action, str(reason), dry_run, view.status, saving, error, detail)
 
     def _failure(self, view: SessionView, reason: str, exc: Exception) -> Outcome:
         log.error("reaper.failed", session_id=view.id, reason=reason, error=type(exc).__name__)
@@ -427,6 +506,25 @@ class Reaper:
         for o in outcomes:
             if not o.dry_run:
                 metrics.REAPER_ACTIONS.labels(action=str(o.action), reason=o.reason).inc()
+
+
+def _span(delta: timedelta) -> str:
+    minutes = max(0, int(delta.total_seconds() // 60))
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+def explain(view: SessionView, reason: str, policy: ReapPolicy, now: datetime) -> str | None:
+    """The facts behind a reason, so a dry run can be checked before it is acted on."""
+    if reason == Reason.MAX_RUNNING and view.run_started_at is not None:
+        limit = max_running(view, policy)
+        bound = f" > {_span(limit)}" if limit is not None else ""
+        return f"running {_span(now - view.run_started_at)}{bound}"
+    if reason == Reason.PAST_DEADLINE and view.deadline is not None:
+        return f"deadline passed {_span(now - view.deadline)} ago"
+    if reason in (Reason.HANDLED, Reason.IDLE_PAST_GRACE, Reason.BUDGET_REACHED):
+        kept = idle_for(view, policy)
+        return f"idle {_span(now - view.last_activity)} >= {_span(kept)}"
+    return None
 
 
 def _api_message(exc: anthropic.APIStatusError) -> str:

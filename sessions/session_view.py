@@ -5,10 +5,11 @@ Built at the I/O edge (`view_of`); the policy in reap_policy.py only ever sees t
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sessions.metadata import DEADLINE_KEY, OWNER_KEY
+from sessions.durations import DurationError, parse_duration
+from sessions.metadata import DEADLINE_KEY, IDLE_FOR_KEY, MAX_RUNNING_KEY, OWNER_KEY
 from store.models import TrackedSession
 
 
@@ -29,13 +30,34 @@ class SessionView:
     launched_owner: str | None = None
     result_saved: bool = False  # saved since `rested_at`: a previous turn's save does not count
     pending_runs: int = 0
+    pending_approvals: int = 0  # held tool calls a person has not answered yet
     reap_requested: bool = False
     # processed_at of the latest status event, when it was read from the event list.
     rested_at: datetime | None = None
+    # When the current run began (busy sessions whose run length was asked about), else None.
+    run_started_at: datetime | None = None
+    # Per-session limits: from the launch (metadata) or the route that handled it.
+    max_running: timedelta | None = None
+    idle_for: timedelta | None = None
 
     @property
     def owner(self) -> str | None:
         return self.metadata.get(OWNER_KEY) or self.launched_owner
+
+    @property
+    def last_activity(self) -> datetime:
+        """When the session last changed, as far as we read: idle time counts from here."""
+        return max(t for t in (self.updated_at, self.rested_at) if t is not None)
+
+
+def duration_of(value: str | None) -> timedelta | None:
+    """A duration from metadata; one we cannot read is ignored (the policy's default applies)."""
+    if not value:
+        return None
+    try:
+        return parse_duration(value)
+    except DurationError:
+        return None
 
 
 def parse_rfc3339(value: str | None) -> datetime | None:
@@ -80,6 +102,7 @@ def view_of(
     tracked: TrackedSession | None = None,
     *,
     pending_runs: int = 0,
+    pending_approvals: int = 0,
     stop_reason: str | None = None,
     rested_at: datetime | None = None,
 ) -> SessionView:
@@ -92,6 +115,9 @@ def view_of(
     deadline = parse_rfc3339(metadata.get(DEADLINE_KEY))
     if deadline is None and tracked is not None:
         deadline = tracked.deadline
+    idle_for = duration_of(metadata.get(IDLE_FOR_KEY))
+    if idle_for is None and tracked is not None and tracked.idle_for_seconds is not None:
+        idle_for = timedelta(seconds=tracked.idle_for_seconds)
     return SessionView(
         id=session.id,
         status=str(session.status),
@@ -106,6 +132,9 @@ def view_of(
         launched_owner=tracked.owner if tracked is not None else None,
         result_saved=saved_since(tracked, rested_at),
         pending_runs=pending_runs,
+        pending_approvals=pending_approvals,
         reap_requested=bool(tracked is not None and tracked.reap_requested_at is not None),
         rested_at=rested_at,
+        max_running=duration_of(metadata.get(MAX_RUNNING_KEY)),
+        idle_for=idle_for,
     )

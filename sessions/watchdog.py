@@ -11,20 +11,21 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 import anthropic
 import structlog
 from anthropic import AsyncAnthropic
 from sqlalchemy.engine import Engine
 
+from handlers.billing import Pricing, session_cost
 from sessions.pacing import Pacer
 from store.launches import QUIET_STATUSES, LaunchStore
 from store.models import TrackedSession, utcnow
+from store.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
 
-RUNTIME_USD_PER_HOUR = 0.08
 STILL_RUNNING = ("running", "rescheduling")
 
 Reason = Literal["past_deadline", "silent"]
@@ -45,21 +46,6 @@ def plan(session: TrackedSession, now: datetime, silence: timedelta) -> Reason |
 
 def should_interrupt(status: str, deadline: datetime | None, now: datetime) -> bool:
     return deadline is not None and now >= deadline and status in STILL_RUNNING
-
-
-def cost_usd(usage: Any) -> float | None:
-    """Runtime (per active hour) plus the token list cost, as far as the API reports them."""
-    if usage is None:
-        return None
-    total = 0.0
-    known = False
-    if usage.active_seconds is not None:
-        total += usage.active_seconds / 3600 * RUNTIME_USD_PER_HOUR
-        known = True
-    if usage.list_cost is not None and usage.list_cost.amount.isdigit():
-        total += int(usage.list_cost.amount) / 100
-        known = True
-    return round(total, 6) if known else None
 
 
 @dataclass
@@ -83,8 +69,11 @@ class Watchdog:
         silence: timedelta = timedelta(minutes=10),
         batch: int = 200,
         now: Callable[[], datetime] = utcnow,
+        pricing: Pricing | None = None,
     ) -> None:
         self.store = LaunchStore(engine, now=now)
+        self.sessions = SessionStore(engine)
+        self.pricing = pricing or Pricing()
         self.client = client.with_options(max_retries=0)
         self.pacer = pacer
         self.silence = silence
@@ -132,18 +121,23 @@ class Watchdog:
             return
         report.polled += 1
         usage = getattr(session, "usage", None)
+        cost = session_cost(session, self.pricing, now=self._now())
         await asyncio.to_thread(
             self.store.record_poll,
             tracked.id,
             status=session.status,
             active_seconds=getattr(usage, "active_seconds", None),
-            cost_usd=cost_usd(usage),
+            cost_usd=cost.total_usd,
+            token_usd=cost.token_usd,
         )
         if session.status != tracked.status:
             report.status_changed += 1
             report.changes[tracked.id] = session.status
             log.info("watchdog.status_changed", was=tracked.status, now=session.status)
         if should_interrupt(session.status, tracked.deadline, self._now()):
+            await asyncio.to_thread(
+                self.sessions.record_interrupt, tracked.id, "past_deadline", self._now()
+            )
             await self.pacer.acquire("read")
             await self.client.beta.sessions.events.send(
                 tracked.id, events=[{"type": "user.interrupt"}]

@@ -21,6 +21,7 @@ from store.models import (
     RunState,
     TrackedSession,
 )
+from store.sessions import count_unsaved, outcome_unsaved
 
 ROUTE_HANDLER = "_route"  # the worker's routing step: bookkeeping, not a plugin
 
@@ -34,10 +35,16 @@ class SessionRow:
     launched_by_us: bool
     cost_usd: float | None
     active_seconds: float | None
+    token_usd: float | None
     created_at: datetime | None
     status_at: datetime | None
     result_captured: bool
     deleted: bool
+    # The session's metadata as last seen: the page reads idlehook's stamped keys (the budget).
+    metadata: dict[str, str] = field(default_factory=dict)
+    # It ended and no route saved that outcome (failed runs nobody was told about).
+    unsaved: bool = False
+    interrupt_reason: str | None = None  # idlehook stopped its latest run: why
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,8 @@ class Totals:
     runs_by_state: dict[str, int]
     reaped: int
     saving_usd_per_hour: float
+    interrupted: int = 0  # runs the reaper stopped (runaways, past deadline)
+    unsaved_outcomes: int = 0  # ended sessions no route saved
 
 
 @dataclass(frozen=True)
@@ -182,23 +191,36 @@ def _totals(db: Session) -> Totals:
             .group_by(col(HandlerRun.state))
         )
     }
-    reaped, saving = db.exec(
-        select(
-            sa.func.count(),
-            sa.func.coalesce(sa.func.sum(ReaperAction.est_saving_usd_per_hour), 0.0),
-        ).where(
-            col(ReaperAction.action) == ReaperActionKind.DELETED,
-            col(ReaperAction.dry_run).is_(False),
+    acted = {
+        str(action): (int(n), float(saving or 0.0))
+        for action, n, saving in db.exec(
+            select(
+                ReaperAction.action,
+                sa.func.count(),
+                sa.func.coalesce(sa.func.sum(ReaperAction.est_saving_usd_per_hour), 0.0),
+            )
+            .where(
+                col(ReaperAction.action).in_(
+                    [ReaperActionKind.DELETED, ReaperActionKind.INTERRUPTED]
+                ),
+                col(ReaperAction.dry_run).is_(False),
+            )
+            .group_by(col(ReaperAction.action))
         )
-    ).one()
+    }
+    reaped, deleted_saving = acted.get(ReaperActionKind.DELETED, (0, 0.0))
+    interrupted, interrupted_saving = acted.get(ReaperActionKind.INTERRUPTED, (0, 0.0))
+    unsaved = count_unsaved(db.connection())
     return Totals(
         sessions=int(sessions),
         cost_usd=float(cost or 0.0),
         deliveries=int(deliveries),
         duplicates=int(duplicates),
         runs_by_state=by_state,
-        reaped=int(reaped),
-        saving_usd_per_hour=float(saving),
+        reaped=reaped,
+        saving_usd_per_hour=deleted_saving + interrupted_saving,
+        interrupted=interrupted,
+        unsaved_outcomes=unsaved,
     )
 
 
@@ -214,11 +236,15 @@ def _sessions(db: Session, limit: int) -> list[SessionRow]:
             route=r.route,
             launched_by_us=r.launched_by_us,
             cost_usd=r.cost_usd,
+            token_usd=r.token_usd,
             active_seconds=r.active_seconds,
             created_at=r.created_at,
             status_at=r.status_at,
             result_captured=r.result_captured_at is not None,
             deleted=r.deleted_at is not None,
+            metadata=dict(r.session_metadata or {}),
+            unsaved=outcome_unsaved(r),
+            interrupt_reason=r.interrupt_reason,
         )
         for r in rows
     ]

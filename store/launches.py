@@ -368,6 +368,7 @@ class LaunchStore:
         status: str,
         active_seconds: float | None,
         cost_usd: float | None,
+        token_usd: float | None = None,
     ) -> None:
         now = self._now()
         with self._session() as db:
@@ -382,6 +383,8 @@ class LaunchStore:
                 row.active_seconds = active_seconds
             if cost_usd is not None:
                 row.cost_usd = cost_usd
+            if token_usd is not None:
+                row.token_usd = token_usd
             row.updated_at = now
             db.add(row)
             db.commit()

@@ -113,11 +113,18 @@ class TrackedSession(SQLModel, table=True):
     archived_at: datetime | None = Field(default=None, sa_column=ts_column())
     deleted_at: datetime | None = Field(default=None, sa_column=ts_column(index=True))
     active_seconds: float | None = None
-    cost_usd: float | None = None
+    cost_usd: float | None = None  # runtime + tokens, under the configured billing model
+    token_usd: float | None = None  # usage.list_cost alone: what a session budget caps
     # Deadline watchdog (sessions/watchdog.py): when it last fetched the session itself, and
     # when it interrupted a session past its deadline and handed it to the reaper.
     polled_at: datetime | None = Field(default=None, sa_column=ts_column())
     reap_requested_at: datetime | None = Field(default=None, sa_column=ts_column(index=True))
+    # When idlehook itself sent the `user.interrupt` that ended the latest run, and why
+    # (`past_deadline`, `max_running`): such a run ends `end_turn` like a finished one.
+    interrupted_at: datetime | None = Field(default=None, sa_column=ts_column())
+    interrupt_reason: str | None = Field(default=None, max_length=40)
+    # The matching route's `idle_for`: how long the reaper keeps this session resting.
+    idle_for_seconds: float | None = None
 
 
 class HandlerRun(SQLModel, table=True):
@@ -327,3 +334,47 @@ class Approval(SQLModel, table=True):
 
 
 # --- end tools and approvals -------------------------------------------------------------------
+
+
+# --- follow-ups (sessions/followups.py, store/followups.py) ------------------------------------
+
+
+class FollowUpState(StrEnum):
+    RECORDED = "recorded"  # the key is known; nothing of it reached the API (or it was refused)
+    SENDING = "sending"  # a send was (or was about to be) made: if its owner vanished, unknown
+    SENT = "sent"  # the API took the `user.message`: a repeat of the key sends nothing
+
+
+class FollowUp(SQLModel, table=True):
+    """One `user.message` sent to an existing session, recorded by idempotency key before it is
+    sent: the same key for the same session sends once, across processes and crashes."""
+
+    __tablename__ = "follow_ups"
+    __table_args__ = (
+        sa.UniqueConstraint("session_id", "idempotency_key", name="uq_follow_ups_session_key"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    session_id: str = Field(max_length=200, index=True)
+    idempotency_key: str = Field(max_length=200)
+    message: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    state: str = Field(default=FollowUpState.RECORDED, max_length=20)
+    # The claim token of whoever is sending it, and until when that claim holds.
+    owner: str | None = Field(default=None, max_length=200)
+    lease_expires_at: datetime | None = Field(default=None, sa_column=ts_column())
+    attempts: int = 0
+    # When the first send went out: the lower bound when looking for a message an unanswered
+    # send may have delivered after all.
+    first_attempt_at: datetime | None = Field(default=None, sa_column=ts_column())
+    event_id: str | None = Field(default=None, max_length=200)  # the echoed user.message id
+    # The deadline this follow-up set, and the run allowance it was worked out from (the
+    # session's next follow-up reuses the allowance rather than re-deriving a longer one).
+    deadline: datetime | None = Field(default=None, sa_column=ts_column())
+    allowance_seconds: float | None = None
+    error: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    sent_at: datetime | None = Field(default=None, sa_column=ts_column())
+
+
+# --- end follow-ups ----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ class SessionUpdate:
     created_at: datetime | None = None
     active_seconds: float | None = None
     cost_usd: float | None = None
+    token_usd: float | None = None
     webhook_at: datetime | None = None  # when a notification about it was handled
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -60,6 +61,54 @@ def flag_values(
     return values
 
 
+# An ended session waiting on its caller is not an outcome yet: `answer` handles it.
+_WAITING = "requires_action"
+
+
+def _unsaved_outcome() -> Any:
+    """Ended (idle or terminated), not deleted, not waiting, and nothing saved since it ended."""
+    c = _sessions.c
+    return sa.and_(
+        c.status.in_(("idle", "terminated")),
+        c.deleted_at.is_(None),
+        sa.func.coalesce(c.stop_reason, "") != _WAITING,
+        sa.or_(
+            c.result_captured_at.is_(None),
+            sa.and_(c.status_at.is_not(None), c.result_captured_at < c.status_at),
+        ),
+    )
+
+
+def count_unsaved(conn: Connection) -> int:
+    query = sa.select(sa.func.count()).select_from(_sessions).where(_unsaved_outcome())
+    return int(conn.execute(query).scalar_one())
+
+
+def unsaved_outcomes(engine: Engine, limit: int = 20) -> tuple[int, list[str]]:
+    """How many ended sessions no route has saved, and the oldest few of their ids."""
+    with engine.connect() as conn:
+        count = count_unsaved(conn)
+        if limit <= 0:
+            return count, []
+        ids = conn.execute(
+            sa.select(_sessions.c.id)
+            .where(_unsaved_outcome())
+            .order_by(_sessions.c.status_at)
+            .limit(limit)
+        ).scalars()
+        return count, [str(i) for i in ids]
+
+
+def outcome_unsaved(row: TrackedSession) -> bool:
+    """The same test as `_unsaved_outcome`, on a row already read."""
+    if row.status not in ("idle", "terminated") or row.deleted_at is not None:
+        return False
+    if (row.stop_reason or "") == _WAITING:
+        return False
+    saved = row.result_captured_at
+    return saved is None or (row.status_at is not None and saved < row.status_at)
+
+
 class SessionStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -86,6 +135,12 @@ class SessionStore:
             now, result_captured=result_captured, transcript_saved=transcript_saved, deleted=deleted
         )
         self.record(session_id, SessionUpdate(extra=values), now)
+
+    def record_interrupt(self, session_id: str, reason: str, now: datetime) -> None:
+        """idlehook is about to send `user.interrupt`: the run will end `end_turn`, and this is
+        how its result tells that apart from a run that finished."""
+        extra = {"interrupted_at": now, "interrupt_reason": reason}
+        self.record(session_id, SessionUpdate(extra=extra), now)
 
     def get(self, session_id: str) -> TrackedSession | None:
         with self.engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""`delete`: delete the session through the API so its billing stops at once.
+"""`delete`: delete the session through the API (clean-up: an idle session accrues no runtime).
 
 Routes list it last: lane order means it runs only after the handlers before it finished, and
 it refuses (dead-letters) unless they all succeeded, so a transcript is never lost to it. After

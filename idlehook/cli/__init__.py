@@ -18,6 +18,8 @@ GROUPS = [
     "idlehook.cli.serve",
     "idlehook.cli.worker",
     "idlehook.cli.sessions",
+    "idlehook.cli.followups",
+    "idlehook.cli.budget",
     "idlehook.cli.reap",
     "idlehook.cli.approvals",
     "idlehook.cli.emulator",

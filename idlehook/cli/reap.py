@@ -24,7 +24,7 @@ from idlehook.cli import progress
 from idlehook.settings import Settings
 from sessions.durations import DurationError
 from sessions.reap_policy import ReapPolicy
-from sessions.reaper import ReapReport
+from sessions.reaper import Outcome, ReapReport
 from sessions.reconciler import SweepReport
 from store.models import ReaperActionKind
 
@@ -32,7 +32,9 @@ from store.models import ReaperActionKind
 def register(subparsers: Any) -> None:
     reap = subparsers.add_parser("reap", help="delete orphaned sessions (once; for cron)")
     reap.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
-    reap.add_argument("--idle-for", metavar="DURATION", help="grace for idle sessions (15m)")
+    reap.add_argument(
+        "--idle-for", metavar="DURATION", help="how long a resting session is kept (24h)"
+    )
     reap.add_argument("--max-age", metavar="DURATION", help="age past which unowned ones go")
     reap.add_argument(
         "--include-unowned", action="store_true", help="also sessions idlehook did not launch"
@@ -105,31 +107,64 @@ _VERB = {
 }
 
 
+# Narrower than this (an 80-column terminal, a pipe), a table would cut ids or fold every
+# reason into slivers: one line per action instead, whole and grep-able.
+TABLE_MIN_WIDTH = 120
+
+
 def render_reap(console: Console, report: ReapReport) -> None:
     title = "reap (dry run)" if report.dry_run else "reap"
-    table = Table(title=f"{title}: {report.examined} sessions examined")
-    for column in ("session", "status", "action", "reason", "saves $/h", "error"):
-        table.add_column(column, justify="right" if column == "saves $/h" else "left")
-    for o in report.outcomes:
-        done, would = _VERB.get(o.action, (str(o.action), str(o.action)))
-        style = "red" if o.failed else ("yellow" if o.action is ReaperActionKind.SKIPPED else "")
-        table.add_row(
-            o.session_id,
-            o.status,
-            would if o.dry_run else done,
-            o.reason,
-            f"{o.saving_usd_per_hour:.4f}" if o.saving_usd_per_hour else "",
-            o.error or "",
-            style=style,
-        )
-    console.print(table)
-    saving = sum(
-        o.saving_usd_per_hour for o in report.outcomes if o.action is ReaperActionKind.DELETED
-    )
-    verb = "would save" if report.dry_run else "saves"
-    console.print(f"{verb} about ${saving:.4f}/hour in container time")
+    rows = [_cells(o) for o in report.outcomes]
+    if console.width < TABLE_MIN_WIDTH:
+        console.print(f"{title}: {report.examined} sessions examined", highlight=False)
+        for o, (session, status, action, why, saved, error) in zip(
+            report.outcomes, rows, strict=True
+        ):
+            extra = "".join(f"  {part}" for part in (saved and f"${saved}/h", error) if part)
+            console.print(
+                f"{action:<16} {session}  {status:<12} {why}{extra}",
+                style=_style(o),
+                highlight=False,
+                soft_wrap=True,
+            )
+    else:
+        table = Table(title=f"{title}: {report.examined} sessions examined")
+        for column in ("session", "status", "action", "why", "$/h saved", "error"):
+            table.add_column(column, justify="right" if column == "$/h saved" else "left")
+        for o, cells in zip(report.outcomes, rows, strict=True):
+            table.add_row(*cells, style=_style(o))
+        console.print(table)
+    console.print(saving_line(report))
     if not report.ok:
         console.print("[red]some sessions could not be reaped; they are retried next run[/red]")
+
+
+def _cells(o: Outcome) -> tuple[str, str, str, str, str, str]:
+    done, would = _VERB.get(o.action, (str(o.action), str(o.action)))
+    return (
+        o.session_id,
+        o.status,
+        would if o.dry_run else done,
+        f"{o.reason}: {o.detail}" if o.detail else o.reason,
+        f"{o.saving_usd_per_hour:.4f}" if o.saving_usd_per_hour else "",
+        o.error or "",
+    )
+
+
+def _style(o: Outcome) -> str:
+    return "red" if o.failed else ("yellow" if o.action is ReaperActionKind.SKIPPED else "")
+
+
+def saving_line(report: ReapReport) -> str:
+    """The run's saving, always with the billing model it is priced under."""
+    verb = "would save" if report.dry_run else "saves"
+    line = f"{verb} about ${report.saving_usd_per_hour:.4f}/hour of runtime"
+    if report.billing_model == "running":
+        return (
+            f"{line} (billing model: running; idle sessions accrue no runtime, so deletes are "
+            "clean-up and save $0; only interrupted runs stop billing)"
+        )
+    return f"{line} (billing model: exists; every deleted session stops its container)"
 
 
 def run_reconcile(args: argparse.Namespace) -> int:

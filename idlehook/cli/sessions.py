@@ -2,6 +2,7 @@
 
     idlehook start --agent agent_01:3 --environment env_01 --message "Triage #42" --deadline 2h
     idlehook start ... --queue                 enqueue and return at once (a worker creates it)
+    idlehook start ... --budget 12.50          a spend ceiling the API enforces (`idlehook budget`)
     idlehook start --batch jobs.jsonl          enqueue one launch per JSON line
     idlehook sessions [--json]                 tracked sessions: status, age, route, cost
     idlehook launches [--state failed]         the launch queue
@@ -60,6 +61,16 @@ def register(subparsers: Any) -> None:
     start.add_argument("--route", help="stamped as idlehook_route, for routing its webhooks")
     start.add_argument("--deadline", metavar="DURATION", help="e.g. 2h: interrupted after")
     start.add_argument(
+        "--max-running",
+        metavar="DURATION",
+        help="interrupt any run of it going on longer (overrides [reaper] max_running)",
+    )
+    start.add_argument(
+        "--idle-for",
+        metavar="DURATION",
+        help="keep it this long at rest before reaping (overrides [reaper] idle_for)",
+    )
+    start.add_argument(
         "--file",
         action="append",
         default=[],
@@ -69,6 +80,13 @@ def register(subparsers: Any) -> None:
     )
     start.add_argument("--idempotency-key", metavar="KEY", help="same key, same session")
     start.add_argument("--strict", action="store_true", help="refuse unrestricted networking")
+    start.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        metavar="USD",
+        help="a spend ceiling the API enforces (overrides [launch] budget_usd)",
+    )
     start.add_argument("--queue", action="store_true", help="enqueue and return at once")
     start.add_argument("--batch", metavar="FILE.jsonl", help="enqueue one launch per line")
     start.add_argument(
@@ -121,15 +139,19 @@ def _request_from_flags(args: argparse.Namespace, files: list[str]) -> LaunchReq
         "metadata": metadata,
         "route": args.route,
         "deadline": args.deadline,
+        "max_running": args.max_running,
+        "idle_for": args.idle_for,
         "files": files,
         "idempotency_key": args.idempotency_key,
     }
+    if args.budget is not None:
+        fields["budget_usd"] = args.budget
     if args.strict:
         fields["strict"] = True
     return LaunchRequest.parse(fields)
 
 
-def _read_batch(path: Path, strict: bool) -> list[LaunchRequest]:
+def _read_batch(path: Path, strict: bool, budget: float | None = None) -> list[LaunchRequest]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -144,6 +166,10 @@ def _read_batch(path: Path, strict: bool) -> list[LaunchRequest]:
             raise InvalidLaunch(f"{path}:{number}: not valid JSON") from None
         if strict and isinstance(data, dict):
             data.setdefault("strict", True)
+        # --budget is the default for lines that name none of their own.
+        named = isinstance(data, dict) and bool({"budget", "budget_usd"} & set(data))
+        if budget is not None and isinstance(data, dict) and not named:
+            data["budget_usd"] = budget
         try:
             requests.append(LaunchRequest.parse(data))
         except InvalidLaunch as exc:
@@ -165,7 +191,8 @@ async def _launch(
     args: argparse.Namespace, launcher: Launcher, report: progress.Report
 ) -> list[LaunchResult]:
     if args.batch:
-        queued = await launcher.enqueue_many(_read_batch(Path(args.batch), args.strict))
+        batch = _read_batch(Path(args.batch), args.strict, args.budget)
+        queued = await launcher.enqueue_many(batch)
         return await _drain(launcher, queued, report) if args.drain else queued
     files = []
     for item in args.files:
@@ -284,12 +311,14 @@ def run_sessions(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{len(described)} tracked sessions")
     table.add_column("session", no_wrap=True)
-    for column in ("status", "age", "route", "result", "cost", "deadline", "approvals"):
+    for column in ("status", "age", "route", "result", "cost", "budget", "deadline", "approvals"):
         table.add_column(column)
     for item in described:
         age = item["age_seconds"]
         cost = item["cost_usd"]
         status = item["status"] or "?"
+        if item["stop_reason"] == "budget_reached":
+            status += " (budget reached)"  # `idlehook budget SESSION USD` raises it
         if item["reap_requested"]:
             status += " (reap)"
         table.add_row(
@@ -299,11 +328,18 @@ def run_sessions(args: argparse.Namespace) -> int:
             item["route"] or "",
             "yes" if item["result_captured"] else "",
             f"${cost:.4f}" if cost is not None else "",
+            # A budget caps the token list cost, not runtime.
+            _budget_cell(item["token_usd"], item["budget_usd"]),
             item["deadline"][:16].replace("T", " ") if item["deadline"] else "",
             str(item["pending_approvals"] or ""),
         )
     Console().print(table)
     return 0
+
+
+def _budget_cell(spent: float | None, cap: float | None) -> str:
+    """Spent of cap, for a session launched with a spend ceiling; empty when uncapped."""
+    return "" if cap is None else f"${spent or 0:.2f} / ${cap:.2f}"
 
 
 def format_duration_s(seconds: float | None) -> str:

@@ -21,6 +21,7 @@ from idlehook.settings import Settings
 from store import approvals
 from store.models import utcnow
 from store.runs import QueueStatus, RunStore
+from store.sessions import unsaved_outcomes
 
 
 def register(subparsers: Any) -> None:
@@ -98,19 +99,36 @@ def run_status(args: argparse.Namespace) -> int:
     try:
         status = RunStore(engine).status(dead_limit=args.dead)
         waiting = sum(approvals.count_pending_by_session(engine).values())
+        unsaved, unsaved_ids = unsaved_outcomes(engine)
     finally:
         engine.dispose()
     if args.json:
-        body = status_dict(status) | {"pending_approvals": waiting}
+        body = status_dict(status) | {
+            "pending_approvals": waiting,
+            "unsaved_outcomes": {"count": unsaved, "session_ids": unsaved_ids},
+        }
         print(json.dumps(body, indent=2, sort_keys=True))
         return 0
-    render_status(status, Console(), pending_approvals=waiting)
+    render_status(status, Console(), pending_approvals=waiting, unsaved=(unsaved, unsaved_ids))
     return 0
 
 
-def render_status(status: QueueStatus, console: Console, pending_approvals: int = 0) -> None:
+def render_status(
+    status: QueueStatus,
+    console: Console,
+    pending_approvals: int = 0,
+    unsaved: tuple[int, list[str]] = (0, []),
+) -> None:
     console.print(f"[bold]Unfinished runs (inbox depth):[/bold] {status.unfinished}")
     console.print(f"[bold]Approvals waiting for a person:[/bold] {pending_approvals}")
+    count, ids = unsaved
+    style = "red" if count else "bold"
+    console.print(
+        f"[{style}]Ended sessions no route saved:[/{style}] {count}"
+        + (": add a [[routes]] rule for them, or let the reaper archive them" if count else "")
+    )
+    for session_id in ids:
+        console.print(f"  {session_id}", highlight=False)
     runs = Table("state", "runs", title="Runs by state")
     for state, count in sorted(status.runs_by_state.items()):
         runs.add_row(state, str(count))

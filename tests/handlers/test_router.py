@@ -18,6 +18,37 @@ def test_default_routes_harvest_a_finished_idle_from_either_family(event_type: s
     assert decision.rules == ("finished",)
 
 
+@pytest.mark.parametrize(
+    "stop_reason",
+    [
+        "end_turn",
+        "retries_exhausted",
+        "budget_reached",
+        "refusal",
+        "a_reason_not_invented_yet",
+        None,
+    ],
+)
+def test_default_routes_save_every_outcome(stop_reason: str | None) -> None:
+    # Failed runs are reported and archived too, and a stop reason the SDK adds tomorrow is
+    # archived rather than dropped: nothing idles unsaved by default.
+    facts = SessionFacts(status="idle", stop_reason=stop_reason)
+    assert route(default_routes(), "session.status_idled", facts).handlers == ("archive", "log")
+
+
+def test_a_route_idle_for_is_the_shortest_of_the_matching_rules() -> None:
+    rules = [
+        RouteRule(name="a", handlers=["log"], idle_for="2h"),
+        RouteRule(name="b", handlers=["archive"], idle_for="30m"),
+        RouteRule(name="c", handlers=["archive"], stop_reasons=["refusal"], idle_for="1m"),
+        RouteRule(name="d", handlers=["log"]),
+    ]
+    decision = route(rules, "session.status_idled", IDLE_END)
+    assert decision.rules == ("a", "b", "d")
+    assert decision.idle_for_seconds == 30 * 60
+    assert route([RouteRule(handlers=["log"])], "x", None).idle_for_seconds is None
+
+
 def test_idle_waiting_for_input_is_not_harvested() -> None:
     facts = SessionFacts(status="idle", stop_reason="requires_action")
     # Answered (custom tools, approvals), never archived as finished.

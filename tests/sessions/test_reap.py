@@ -1,12 +1,15 @@
 """The reaper against the emulator over loopback, with the real SDK, on SQLite and PostgreSQL."""
 
 import asyncio
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import httpx2 as httpx
 import pytest
 from sqlmodel import Session
 
+from emulator.control import billing_report
+from handlers.billing import Pricing
 from sessions.pacing import Pacer
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Reaper
@@ -29,7 +32,14 @@ from tests.sessions.reaping import (
     track,
 )
 
-POLICY = ReapPolicy(owner=OWNER, exclude_metadata={"keep": "true"})
+# Resting sessions go once saved (idle_for 0), and an unsaved one is held, not archived: the
+# guards these tests are about. The defaults (kept a day, archived first) have their own tests.
+POLICY = ReapPolicy(
+    owner=OWNER,
+    exclude_metadata={"keep": "true"},
+    idle_for=timedelta(0),
+    archive_before_delete=False,
+)
 
 
 @pytest.fixture
@@ -57,7 +67,8 @@ async def test_reaps_every_kind_of_orphan_and_nothing_else(api, engine):
         late = await new_session(api, client, metadata={"idlehook_deadline": past(60)})
         terminated = await new_session(api, client, script="terminate", wait_for="terminated")
         budget = await new_session(api, client, script="budget_reached")
-        fresh = await new_session(api, client)  # idle, inside the grace period, unsaved
+        # Idle, kept longer by its launch (metadata), unsaved.
+        fresh = await new_session(api, client, metadata={"idlehook_idle_for": "7d"})
         kept = await new_session(api, client, metadata={"keep": "true"})
         unowned = await new_session(api, client, owner=None)
         foreign = await new_session(api, client, owner="someone-else")
@@ -69,11 +80,7 @@ async def test_reaps_every_kind_of_orphan_and_nothing_else(api, engine):
         for session in (unowned, ours_by_deployment, theirs_by_deployment):
             track(engine, session.id, saved=True, owner=None, launched_by_us=False)
         track(engine, fresh.id)
-        policy = ReapPolicy(
-            owner=OWNER,
-            exclude_metadata={"keep": "true"},
-            owned_deployments=frozenset({ours_by_deployment.deployment_id}),
-        )
+        policy = replace(POLICY, owned_deployments=frozenset({ours_by_deployment.deployment_id}))
 
         report = await Reaper(client, engine, policy).run()
 
@@ -81,7 +88,7 @@ async def test_reaps_every_kind_of_orphan_and_nothing_else(api, engine):
         handled.id: "handled",
         late.id: "past_deadline",
         terminated.id: "terminated",
-        budget.id: "budget_reached",
+        budget.id: "handled",  # saved: a person had idle_for to raise it
         ours_by_deployment.id: "handled",
     }
     assert report.ok
@@ -95,8 +102,10 @@ async def test_reaps_every_kind_of_orphan_and_nothing_else(api, engine):
     assert {(r.session_id, r.action, r.dry_run) for r in rows} == {
         (sid, "deleted", False) for sid in expected
     }
-    assert all(r.est_saving_usd_per_hour == pytest.approx(0.08) for r in rows)
-    assert report.saving_usd_per_hour == pytest.approx(0.08 * len(expected))
+    # As the API bills (runtime only while running), deleting resting sessions saves nothing.
+    assert report.billing_model == "running"
+    assert all(r.est_saving_usd_per_hour == 0.0 for r in rows)
+    assert report.saving_usd_per_hour == 0.0
 
 
 async def _deployment_session(api, client, name):
@@ -185,7 +194,8 @@ async def test_dry_run_deletes_nothing_and_audits_what_it_would_do(api, engine):
         for session in sessions:
             track(engine, session.id, saved=True)
         before = api.requests("DELETE /v1/sessions/{id}")
-        report = await Reaper(client, engine, POLICY).run(dry_run=True)
+        tutorial = replace(POLICY, pricing=Pricing("exists", 0.08))
+        report = await Reaper(client, engine, tutorial).run(dry_run=True)
 
     assert api.requests("DELETE /v1/sessions/{id}") == before
     assert {s.id for s in sessions} <= live_ids(api)
@@ -193,6 +203,8 @@ async def test_dry_run_deletes_nothing_and_audits_what_it_would_do(api, engine):
     assert sorted((r.session_id, r.action, r.reason, r.dry_run) for r in rows) == sorted(
         (s.id, "deleted", "handled", True) for s in sessions
     )
+    # Priced under the tutorial's model, as asked, and said so.
+    assert report.billing_model == "exists"
     assert report.saving_usd_per_hour == pytest.approx(0.16)
     assert all(deleted_at(engine, s.id) is None for s in sessions)
 
@@ -389,7 +401,8 @@ async def test_a_save_before_the_interrupt_does_not_cover_the_interrupted_turn(a
 
 
 async def test_a_turn_after_the_last_save_is_not_saved_until_reconciled_and_archived(api, engine):
-    eager = ReapPolicy(owner=OWNER, idle_for=timedelta(0))
+    eager = POLICY
+    patient = replace(POLICY, idle_for=timedelta(minutes=15))
     async with api.client() as client:
         session = await new_session(api, client)
         track(engine, session.id, saved=True)  # turn 1 archived
@@ -401,7 +414,7 @@ async def test_a_turn_after_the_last_save_is_not_saved_until_reconciled_and_arch
         )
         await poll(lambda: _idled_twice(api, session.id))
 
-        assert (await Reaper(client, engine, POLICY).run()).outcomes == []  # not "handled"
+        assert (await Reaper(client, engine, patient).run()).outcomes == []  # not "handled"
         report = await Reaper(client, engine, eager).run()
         assert [(o.action, o.reason) for o in report.outcomes] == [
             (ReaperActionKind.SKIPPED, "result_not_saved")
@@ -483,3 +496,126 @@ async def test_a_server_error_is_a_failure_not_a_refusal(api, sqlite_url):
     assert [r.action for r in audit.reaper_actions(engine)] == ["failed"]
     assert session.id in live_ids(api)
     engine.dispose()
+
+
+def _running_seconds(api, session_id: str) -> float:
+    rows = {r["session_id"]: r for r in billing_report(api.emu)["sessions"]}
+    return float(rows[session_id]["running_seconds"])
+
+
+def _hours_later():
+    # The emulator's clock runs 50x the wall clock: judge from well past its stamps.
+    return datetime.now(UTC) + timedelta(hours=3)
+
+
+async def test_a_runaway_is_interrupted_archived_and_deleted_and_stops_billing(api, engine):
+    archived: list[str] = []
+
+    async def archive(session_id: str) -> None:
+        archived.append(session_id)
+        mark_saved(engine, session_id)
+
+    runaway = replace(POLICY, max_running=timedelta(hours=1), archive_before_delete=True)
+    async with api.client() as client:
+        session = await new_session(api, client, run_seconds=LONG_RUN, wait_for="running")
+        track(engine, session.id)
+        report = await Reaper(
+            client, engine, runaway, archive=archive, now=_hours_later, interrupt_wait_seconds=5
+        ).run()
+
+    assert [(o.action, o.reason) for o in report.outcomes] == [
+        (ReaperActionKind.INTERRUPTED, "max_running"),
+        (ReaperActionKind.ARCHIVED, "max_running"),
+        (ReaperActionKind.DELETED, "max_running"),
+    ]
+    interrupted = report.outcomes[0]
+    assert interrupted.detail is not None
+    assert interrupted.detail.startswith("running ")
+    # The real saving under the documented model: a run billing $0.08/h stopped.
+    assert report.billing_model == "running"
+    assert report.saving_usd_per_hour == pytest.approx(0.08)
+    assert archived == [session.id]
+    assert session.id not in live_ids(api)
+    billed = _running_seconds(api, session.id)
+    await asyncio.sleep(0.2)  # 10 emulated seconds
+    assert _running_seconds(api, session.id) == billed
+    with Session(engine) as db:
+        row = db.get(TrackedSession, session.id)
+        assert row is not None
+        assert row.interrupt_reason == "max_running"
+        assert row.interrupted_at is not None
+
+
+async def test_an_interrupted_runaway_is_kept_for_idle_for_like_a_finished_one(api, engine):
+    runaway = replace(POLICY, max_running=timedelta(hours=1), idle_for=timedelta(days=1))
+    async with api.client() as client:
+        session = await new_session(api, client, run_seconds=LONG_RUN, wait_for="running")
+        track(engine, session.id)
+        report = await Reaper(
+            client, engine, runaway, now=_hours_later, interrupt_wait_seconds=5
+        ).run()
+        current = await client.beta.sessions.retrieve(session.id)
+
+    assert [(o.action, o.reason) for o in report.outcomes] == [
+        (ReaperActionKind.INTERRUPTED, "max_running")
+    ]
+    assert current.status == "idle"  # stopped, not deleted: a person may follow up
+    assert session.id in live_ids(api)
+
+
+async def test_max_running_spares_short_runs_and_spends_no_read_on_young_sessions(api, engine):
+    limited = replace(POLICY, max_running=timedelta(hours=1))
+    async with api.client() as client:
+        session = await new_session(api, client, run_seconds=LONG_RUN, wait_for="running")
+        track(engine, session.id)
+        before = api.requests("GET /v1/sessions/{id}/events")
+        young = await Reaper(client, engine, limited).run()  # created seconds ago
+        assert api.requests("GET /v1/sessions/{id}/events") == before
+        # Its own launch limit is longer than the run so far, even judged hours later.
+        await client.beta.sessions.update(session.id, metadata={"idlehook_max_running": "30d"})
+        lenient = await Reaper(client, engine, limited, now=_hours_later).run()
+
+    assert young.outcomes == []
+    assert lenient.outcomes == []
+    assert (await _status(api, session.id)) == "running"
+
+
+async def test_dry_run_names_the_runaway_it_would_interrupt_and_leaves_it_running(api, engine):
+    limited = replace(POLICY, max_running=timedelta(hours=1))
+    async with api.client() as client:
+        session = await new_session(api, client, run_seconds=LONG_RUN, wait_for="running")
+        track(engine, session.id)
+        report = await Reaper(client, engine, limited, now=_hours_later).run(dry_run=True)
+
+    [outcome] = report.outcomes
+    assert (outcome.session_id, outcome.action, outcome.reason) == (
+        session.id,
+        ReaperActionKind.INTERRUPTED,
+        "max_running",
+    )
+    assert outcome.dry_run
+    assert outcome.saving_usd_per_hour == pytest.approx(0.08)
+    assert (await _status(api, session.id)) == "running"
+
+
+async def _status(api, session_id: str) -> str:
+    return str(api.emu.store.sessions[session_id].status)
+
+
+async def test_a_runaway_busy_with_events_between_plan_and_act_is_still_interrupted(api, engine):
+    # A run in progress adds events all the time; only having stopped by itself spares it.
+    limited = replace(POLICY, max_running=timedelta(hours=1), idle_for=timedelta(days=1))
+    async with api.client() as client:
+        session = await new_session(api, client, run_seconds=LONG_RUN, wait_for="running")
+        track(engine, session.id)
+        reaper = Reaper(client, engine, limited, now=_hours_later, interrupt_wait_seconds=5)
+        plan = await reaper.plan()
+        await client.beta.sessions.events.send(
+            session.id,
+            events=[{"type": "user.message", "content": [{"type": "text", "text": "also"}]}],
+        )
+        report = await reaper.execute(plan)
+
+    assert [(o.action, o.reason) for o in report.outcomes] == [
+        (ReaperActionKind.INTERRUPTED, "max_running")
+    ]

@@ -72,7 +72,7 @@ def test_reap_dry_run_then_real_run(tmp_path, sqlite_url, capsys):
             row.result_captured_at = row.transcript_saved_at = None
             db.add(row)
             db.commit()
-        config = _config(tmp_path, sqlite_url, api)
+        config = _config(tmp_path, sqlite_url, api, archive_before_delete=False)
 
         assert (
             main(["--config", str(config), "reap", "--dry-run", "--json", "--idle-for", "0s"]) == 0
@@ -83,13 +83,17 @@ def test_reap_dry_run_then_real_run(tmp_path, sqlite_url, capsys):
             (handled.id, "deleted", "handled"),
             (unsaved.id, "skipped", "result_not_saved"),
         }
-        assert dry["saving_usd_per_hour"] == pytest.approx(0.08)
+        # Idle sessions accrue no runtime as the API bills: deleting them is clean-up.
+        assert (dry["billing_model"], dry["saving_usd_per_hour"]) == ("running", 0.0)
         assert {handled.id, unsaved.id} <= live_ids(api)
 
         assert main(["--config", str(config), "reap", "--idle-for", "0s"]) == 0
         table = capsys.readouterr().out
-        for shown in ("deleted", "result_not_saved", "$0.0800/hour"):
+        for shown in ("deleted", "result_not_saved", "$0.0000/hour", "billing model: running"):
             assert shown in table
+        # Whole ids, even in a pipe 80 columns wide: a dry run must be actionable.
+        assert handled.id in table
+        assert unsaved.id in table
         assert handled.id not in live_ids(api)
         assert unsaved.id in live_ids(api)
 

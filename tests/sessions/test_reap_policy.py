@@ -1,10 +1,12 @@
 """The pure reap policy: which sessions are orphans, what to do, and what holds it back."""
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from handlers.billing import Pricing
 from sessions.reap_policy import (
     Action,
     Block,
@@ -14,6 +16,7 @@ from sessions.reap_policy import (
     Verdict,
     blocker,
     choose,
+    may_run_too_long,
     needs_archive,
     ownership,
     saving_per_hour,
@@ -22,7 +25,12 @@ from sessions.session_view import SessionView, saved_since
 from store.models import TrackedSession
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-POLICY = ReapPolicy(owner="me", exclude_metadata={"keep": "true"})
+POLICY = ReapPolicy(
+    owner="me",
+    exclude_metadata={"keep": "true"},
+    idle_for=timedelta(minutes=15),
+    archive_before_delete=False,
+)
 
 
 def view(**kw: Any) -> SessionView:
@@ -49,18 +57,105 @@ def test_idle_past_grace_is_an_orphan_and_zero_grace_takes_it_at_once():
     assert choose(now_idle, zero, NOW) == Verdict(Action.DELETE, Reason.IDLE_PAST_GRACE)
 
 
+def test_by_default_a_saved_session_is_kept_a_day_for_follow_ups():
+    default = ReapPolicy(owner="me")
+    assert default.idle_for == timedelta(hours=24)
+    assert default.archive_before_delete
+    saved = view(result_saved=True, updated_at=NOW - timedelta(hours=23))
+    assert choose(saved, default, NOW) is None
+    rested = view(result_saved=True, updated_at=NOW - timedelta(hours=25))
+    assert choose(rested, default, NOW) == Verdict(Action.DELETE, Reason.HANDLED)
+    # A later status event is activity too, even when updated_at did not move.
+    active = view(
+        result_saved=True,
+        updated_at=NOW - timedelta(hours=25),
+        rested_at=NOW - timedelta(hours=1),
+    )
+    assert choose(active, default, NOW) is None
+
+
+def test_a_launch_or_a_route_sets_its_own_idle_for():
+    default = ReapPolicy(owner="me")
+    short = view(result_saved=True, updated_at=NOW - timedelta(minutes=20))
+    assert choose(short, default, NOW) is None
+    assert choose(replace(short, idle_for=timedelta(minutes=10)), default, NOW) == Verdict(
+        Action.DELETE, Reason.HANDLED
+    )
+    keep_longer = view(result_saved=True, updated_at=NOW - timedelta(minutes=20))
+    assert choose(replace(keep_longer, idle_for=timedelta(days=7)), POLICY, NOW) is None
+
+
 @pytest.mark.parametrize(
     ("kw", "reason"),
     [
         ({"status": "terminated"}, Reason.TERMINATED),
-        ({"stop_reason": "budget_reached"}, Reason.BUDGET_REACHED),
-        ({"result_saved": True}, Reason.HANDLED),
         ({"reap_requested": True}, Reason.REAP_REQUESTED),
         ({"deadline": NOW - timedelta(seconds=1)}, Reason.PAST_DEADLINE),
     ],
 )
-def test_each_kind_of_orphan(kw, reason):
+def test_orphans_taken_at_once(kw, reason):
     assert choose(view(**kw), POLICY, NOW) == Verdict(Action.DELETE, reason)
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"stop_reason": "budget_reached"}, Reason.BUDGET_REACHED),
+        ({"result_saved": True}, Reason.HANDLED),
+        ({"stop_reason": "refusal"}, Reason.IDLE_PAST_GRACE),
+    ],
+)
+def test_resting_sessions_wait_out_idle_for(kw, reason):
+    # A person may still raise a budget or follow up: nothing goes before idle_for.
+    assert choose(view(**kw), POLICY, NOW) is None
+    old = view(updated_at=NOW - timedelta(minutes=16), **kw)
+    assert choose(old, POLICY, NOW) == Verdict(Action.DELETE, reason)
+
+
+def test_a_run_longer_than_max_running_is_interrupted():
+    limited = replace(POLICY, max_running=timedelta(hours=2))
+    long_run = view(status="running", run_started_at=NOW - timedelta(hours=2, seconds=1))
+    assert choose(long_run, limited, NOW) == Verdict(Action.INTERRUPT, Reason.MAX_RUNNING)
+    assert blocker(long_run, Verdict(Action.INTERRUPT, Reason.MAX_RUNNING), limited) is None
+    # Work queued in its lane (its own running notifications) does not hold an interrupt.
+    busy_lane = replace(long_run, pending_runs=2)
+    assert blocker(busy_lane, Verdict(Action.INTERRUPT, Reason.MAX_RUNNING), limited) is None
+    assert choose(replace(long_run, status="rescheduling"), limited, NOW) is not None
+    short_run = view(status="running", run_started_at=NOW - timedelta(hours=1))
+    assert choose(short_run, limited, NOW) is None
+    # Off unless configured, and a run whose start was not read is never guessed at.
+    assert choose(long_run, POLICY, NOW) is None
+    assert choose(replace(long_run, run_started_at=None), limited, NOW) is None
+
+
+def test_a_launch_max_running_overrides_the_policy():
+    own_limit = view(
+        status="running",
+        run_started_at=NOW - timedelta(minutes=31),
+        max_running=timedelta(minutes=30),
+    )
+    assert choose(own_limit, POLICY, NOW) == Verdict(Action.INTERRUPT, Reason.MAX_RUNNING)
+    lenient = replace(own_limit, max_running=timedelta(hours=5))
+    assert choose(lenient, replace(POLICY, max_running=timedelta(minutes=1)), NOW) is None
+
+
+def test_may_run_too_long_spends_no_read_on_young_sessions():
+    limited = replace(POLICY, max_running=timedelta(hours=2))
+    young = view(status="running", created_at=NOW - timedelta(hours=1))
+    assert not may_run_too_long(young, limited, NOW)
+    assert may_run_too_long(view(status="running"), limited, NOW)
+    assert not may_run_too_long(view(status="idle"), limited, NOW)
+    assert not may_run_too_long(view(status="running"), POLICY, NOW)
+
+
+def test_someone_elses_runaway_is_stopped_only_with_the_switch():
+    limited = replace(POLICY, max_running=timedelta(hours=2))
+    theirs = view(metadata={}, status="running", run_started_at=NOW - timedelta(hours=3))
+    assert choose(theirs, limited, NOW) is None
+    loose = replace(limited, include_unowned=True)
+    assert choose(theirs, loose, NOW) == Verdict(Action.INTERRUPT, Reason.MAX_RUNNING)
+    foreign = replace(theirs, metadata={"idlehook_owner": "someone-else"})
+    assert choose(foreign, loose, NOW) is None
 
 
 def test_running_past_deadline_is_interrupted_first():
@@ -130,10 +225,16 @@ def test_guards():
     )
 
 
-def test_saving_is_the_container_rate_for_deletes_only():
-    priced = ReapPolicy(owner="me", container_usd_per_hour=0.5)
-    assert saving_per_hour(view(), Verdict(Action.DELETE, Reason.HANDLED), priced) == 0.5
-    assert saving_per_hour(view(), Verdict(Action.INTERRUPT, Reason.PAST_DEADLINE), priced) == 0
+def test_savings_follow_the_named_billing_model():
+    delete = Verdict(Action.DELETE, Reason.HANDLED)
+    interrupt = Verdict(Action.INTERRUPT, Reason.MAX_RUNNING)
+    running = ReapPolicy(owner="me", pricing=Pricing("running", 0.5))
+    # As documented: an idle session accrues no runtime, so deleting it saves $0.
+    assert saving_per_hour(view(), delete, running) == 0.0
+    assert saving_per_hour(view(status="running"), interrupt, running) == 0.5
+    exists = ReapPolicy(owner="me", pricing=Pricing("exists", 0.5))
+    assert saving_per_hour(view(), delete, exists) == 0.5
+    assert saving_per_hour(view(status="running"), interrupt, exists) == 0.0
 
 
 def test_a_save_counts_only_if_made_since_the_latest_transition():
@@ -146,3 +247,18 @@ def test_a_save_counts_only_if_made_since_the_latest_transition():
     assert saved_since(saved, None)  # no transition read: the marks alone decide
     assert not saved_since(TrackedSession(id="sesn_1", result_captured_at=NOW), None)
     assert not saved_since(None, None)
+
+
+def test_a_session_waiting_on_a_person_is_not_reaped_for_resting():
+    waiting = view(
+        stop_reason="requires_action",
+        pending_approvals=1,
+        updated_at=NOW - timedelta(days=2),
+    )
+    verdict = choose(waiting, POLICY, NOW)
+    assert verdict == Verdict(Action.DELETE, Reason.IDLE_PAST_GRACE)
+    assert blocker(waiting, verdict, POLICY) is Block.AWAITING_APPROVAL
+    # The approval timed out (denied, reap requested) or the caller's deadline passed: it goes.
+    archiving = replace(POLICY, archive_before_delete=True)
+    for gone in (Reason.REAP_REQUESTED, Reason.PAST_DEADLINE):
+        assert blocker(waiting, Verdict(Action.DELETE, gone), archiving) is None

@@ -9,7 +9,7 @@ from sqlmodel import Session
 
 from sessions.launcher import LaunchRequest
 from sessions.pacing import Pacer
-from sessions.watchdog import Watchdog, cost_usd, plan
+from sessions.watchdog import Watchdog, plan
 from store.engine import make_engine
 from store.models import TrackedSession
 from tests.sessions.test_launch_helpers import launcher_for, world
@@ -58,18 +58,6 @@ def view(**fields) -> TrackedSession:
 )
 def test_plan(fields: dict[str, Any], expected: str | None) -> None:
     assert plan(view(**fields), NOW, timedelta(minutes=10)) == expected
-
-
-def test_cost_adds_runtime_and_token_list_cost() -> None:
-    class Money:
-        amount = "250"
-
-    class Usage:
-        active_seconds = 1800.0
-        list_cost = Money()
-
-    assert cost_usd(Usage()) == pytest.approx(0.04 + 2.50)
-    assert cost_usd(None) is None
 
 
 async def test_a_missed_idle_webhook_is_caught_by_the_sweep(db_url: str) -> None:
