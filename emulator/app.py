@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from emulator import catalog, control, deployments, sessions, sse
+from emulator import catalog, control, deployments, org_webhooks, sessions, sse
 from emulator.config import EmulatorConfig
 from emulator.core import Emulator
 from emulator.errors import (
@@ -53,9 +53,9 @@ def _authenticate(request: Request, emu: Emulator) -> None:
         raise AuthenticationFailed("Invalid API key")
 
 
-def _has_beta(request: Request) -> bool:
+def _has_beta(request: Request, beta: str) -> bool:
     values = request.headers.getlist("anthropic-beta")
-    return any(part.strip() == BETA for value in values for part in value.split(","))
+    return any(part.strip() == beta for value in values for part in value.split(","))
 
 
 def _api(
@@ -64,7 +64,7 @@ def _api(
     handler: Handler,
     kind: RateClass | None,
     *,
-    beta: bool = True,
+    beta: str | None = BETA,
     paged: bool = False,
     bidirectional: bool = False,
 ) -> Route:
@@ -78,7 +78,7 @@ def _api(
         status = 500
         try:
             _authenticate(request, emu)
-            if beta and not _has_beta(request):
+            if beta is not None and not _has_beta(request, beta):
                 # The real API hides beta endpoints from requests without the header.
                 raise NotFound(f"Not found: {method} {request.url.path}")
             limits = emu.config.rate_limits
@@ -177,6 +177,10 @@ async def create_environment(request: Request, emu: Emulator) -> Result:
 
 async def retrieve_environment(request: Request, emu: Emulator) -> Result:
     return emu.store.environment(_p(request, "id"))
+
+
+async def update_environment(request: Request, emu: Emulator) -> Result:
+    return catalog.update_environment(emu, _p(request, "id"), await _json(request))
 
 
 async def list_environments(request: Request, emu: Emulator) -> Result:
@@ -294,7 +298,32 @@ async def retrieve_run(request: Request, emu: Emulator) -> Result:
     return emu.store.run(_p(request, "id"))
 
 
+async def create_org_webhook(request: Request, emu: Emulator) -> Result:
+    return org_webhooks.create(emu, await _json(request))
+
+
+async def list_org_webhooks(request: Request, emu: Emulator) -> Result:
+    return org_webhooks.list_endpoints(emu, _q(request))
+
+
+async def retrieve_org_webhook(request: Request, emu: Emulator) -> Result:
+    return org_webhooks.retrieve(emu, _p(request, "id"))
+
+
+async def update_org_webhook(request: Request, emu: Emulator) -> Result:
+    return org_webhooks.update(emu, _p(request, "id"), await _json(request))
+
+
+async def delete_org_webhook(request: Request, emu: Emulator) -> Result:
+    return org_webhooks.delete(emu, _p(request, "id"))
+
+
+async def regenerate_org_webhook_secret(request: Request, emu: Emulator) -> Result:
+    return org_webhooks.regenerate_signing_secret(emu, _p(request, "id"))
+
+
 def api_routes() -> list[Route]:
+    hooks = org_webhooks.BETA
     return [
         _api("/v1/agents", "POST", create_agent, "create"),
         _api("/v1/agents", "GET", list_agents, "read", paged=True),
@@ -305,6 +334,7 @@ def api_routes() -> list[Route]:
         _api("/v1/environments", "POST", create_environment, None),
         _api("/v1/environments", "GET", list_environments, None, paged=True),
         _api("/v1/environments/{id}", "GET", retrieve_environment, None),
+        _api("/v1/environments/{id}", "POST", update_environment, None),
         _api("/v1/environments/{id}", "DELETE", delete_environment, None),
         _api("/v1/environments/{id}/archive", "POST", archive_environment, None),
         _api("/v1/sessions", "POST", create_session, "create"),
@@ -316,7 +346,7 @@ def api_routes() -> list[Route]:
         _api("/v1/sessions/{id}/events", "GET", list_events, "read", paged=True),
         _api("/v1/sessions/{id}/events", "POST", send_events, "read"),
         _api("/v1/sessions/{id}/events/stream", "GET", stream_events, "read"),
-        _api("/v1/files", "GET", list_files, None, beta=False, paged=True),
+        _api("/v1/files", "GET", list_files, None, beta=None, paged=True),
         _api("/v1/deployments", "POST", create_deployment, None),
         _api("/v1/deployments", "GET", list_deployments, None, paged=True),
         _api("/v1/deployments/{id}", "GET", retrieve_deployment, None),
@@ -327,6 +357,18 @@ def api_routes() -> list[Route]:
         _api("/v1/deployments/{id}/archive", "POST", archive_deployment, None),
         _api("/v1/deployment_runs", "GET", list_runs, None, paged=True),
         _api("/v1/deployment_runs/{id}", "GET", retrieve_run, None),
+        _api("/v1/organizations/webhooks", "POST", create_org_webhook, None, beta=hooks),
+        _api("/v1/organizations/webhooks", "GET", list_org_webhooks, None, beta=hooks),
+        _api("/v1/organizations/webhooks/{id}", "GET", retrieve_org_webhook, None, beta=hooks),
+        _api("/v1/organizations/webhooks/{id}", "POST", update_org_webhook, None, beta=hooks),
+        _api("/v1/organizations/webhooks/{id}", "DELETE", delete_org_webhook, None, beta=hooks),
+        _api(
+            "/v1/organizations/webhooks/{id}/regenerate_signing_secret",
+            "POST",
+            regenerate_org_webhook_secret,
+            None,
+            beta=hooks,
+        ),
     ]
 
 

@@ -6,6 +6,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 BillingModel = Literal["exists", "running"]
+# `some`: a session's updated_at moves only when a client changes it (title, metadata,
+# budget, agent tools), never on a status change. `always`: every status change moves it too.
+UpdatedAtMoves = Literal["always", "some"]
 
 
 class _Model(BaseModel):
@@ -50,16 +53,35 @@ class EmulatorConfig(_Model):
     webhook_urls: list[str] = Field(default_factory=list)
     # Every event is signed with each secret: several at once during rotation.
     webhook_secrets: list[str] = Field(default_factory=list)
-    # Also emit the undocumented second family (session.running, session.idled, ...).
+    # Also emit the undocumented second family (session.running, session.idled,
+    # session.requires_action, session.pending). session.created/archived/deleted are in the
+    # SDK's union once and are sent once, whatever this says.
     second_family: bool = False
+    # Attempts per event per endpoint, the first included (the Skill: at most 3).
     webhook_max_attempts: int = Field(default=3, ge=1, le=10)
     webhook_backoff_min_seconds: float = Field(default=5.0, ge=0.0)
     webhook_backoff_max_seconds: float = Field(default=120.0, ge=0.0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0.0)
-    # An endpoint is disabled once this many events in a row failed every attempt, and the
-    # failures have lasted at least `disable_after_seconds` (emulated).
-    disable_after_failed_events: int = Field(default=20, ge=1)
+    # An endpoint is disabled (reason `sustained_failure`) once this many deliveries in a row
+    # failed (any non-2xx, a timeout, a connection error; every attempt counts, a 2xx resets
+    # the count: the docs' "roughly 20 consecutive failed deliveries"), and the failures have
+    # lasted at least `disable_after_seconds` (emulated; 0: the count alone decides). A 3xx
+    # disables at once (reason `redirect`), whatever these say.
+    disable_after_failed_deliveries: int = Field(default=20, ge=1)
     disable_after_seconds: float = Field(default=0.0, ge=0.0)
+    # The API also disables an endpoint at once (reason `invalid_address`) whose host resolves
+    # to a non-public address. Off by default: the emulator's receivers are on loopback.
+    disable_on_private_address: bool = False
+
+    # The organization webhooks API lists organization endpoints only ("not webhook endpoints
+    # that belong to a workspace", says the SDK). True: the workspace endpoints (webhook_urls)
+    # are listed there too, with ids `whep_ws…`, read-only but for `state`: for a client that
+    # watches its session-event endpoint through that API.
+    org_webhooks_include_workspace: bool = False
+
+    # The SDK calls Session.updated_at only "a timestamp"; `some` keeps clients from relying on
+    # it moving with status (see UpdatedAtMoves).
+    updated_at_moves: UpdatedAtMoves = "some"
 
     default_script: str = "end_turn"
     # Emulated seconds a scripted turn takes from running to idle.

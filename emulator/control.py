@@ -1,5 +1,22 @@
-"""The control API under `/_emulator/` (no auth, no beta): config, webhook log, billing,
-stats, reset. Tests, the demo and the benchmarks in other processes drive the emulator here."""
+"""The control API under `/_emulator/` (no auth, no beta): config, webhook log, webhook
+endpoints (state, manual enable/disable), Console test events, arbitrary events, billing,
+stats, reset. Tests, the demo and the benchmarks in other processes drive the emulator here.
+
+Webhook routes (an endpoint is named by `url`, a workspace endpoint from `webhook_urls`, or
+`id`, an organization endpoint from the organization webhooks API; unknown ones are a 404):
+- `GET  /_emulator/webhook-endpoints`: every endpoint's state: `enabled`, `state`,
+  `disabled_reason` (redirect | sustained_failure | invalid_address | caller | null),
+  `consecutive_failed_deliveries`, `delivered`, `failed`.
+- `POST /_emulator/webhook-endpoints/enable` `{url | id}`: re-enable (the Console's button);
+  the failure count restarts, nothing missed is replayed.
+- `POST /_emulator/webhook-endpoints/disable` `{url | id}`: disable by hand (`caller`).
+- `POST /_emulator/webhooks/test` `{url | id | endpoints?, type?, data_id?, body?}`: a
+  Console test event, signed and retried like the rest, to the named endpoints (default:
+  all), whatever they subscribed to. By default `data.type` is `webhook.test`, which the
+  SDK's union does not know; `type` picks another, `body` replaces the whole payload.
+- `POST /_emulator/webhooks/emit` `{type, id, data?}`: emit an event as the API would
+  (organization types such as `external_key.failed` go to subscribed organization endpoints).
+"""
 
 from typing import Any
 
@@ -11,7 +28,8 @@ from starlette.routing import Route
 from emulator import billing
 from emulator.config import BillingModel
 from emulator.core import Emulator
-from emulator.errors import BadRequest
+from emulator.errors import BadRequest, NotFound
+from emulator.sender import TEST_EVENT_TYPE, EndpointState
 
 
 def _emu(request: Request) -> Emulator:
@@ -93,13 +111,84 @@ async def webhook_log(request: Request) -> Response:
     )
 
 
+async def _object(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("body: not JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("body: expected a JSON object")
+    return body
+
+
+def _key(body: dict[str, Any]) -> str:
+    key = body.get("url", body.get("id"))
+    if not isinstance(key, str):
+        raise BadRequest("url or id: required")
+    return key
+
+
+def _endpoint(emu: Emulator, key: str) -> EndpointState:
+    try:
+        return emu.sender.endpoint(key)
+    except KeyError:
+        raise NotFound(f"no webhook endpoint {key}") from None
+
+
+async def list_endpoints(request: Request) -> Response:
+    return JSONResponse({"endpoints": _emu(request).sender.endpoint_states()})
+
+
 async def enable_endpoint(request: Request) -> Response:
-    body = await request.json()
-    url = body.get("url") if isinstance(body, dict) else None
-    if not isinstance(url, str):
-        raise BadRequest("url: required")
-    _emu(request).sender.enable(url)
-    return JSONResponse({"url": url, "enabled": True})
+    emu = _emu(request)
+    key = _key(await _object(request))
+    _endpoint(emu, key)
+    return JSONResponse(emu.sender.enable(key).public())
+
+
+async def disable_endpoint(request: Request) -> Response:
+    emu = _emu(request)
+    key = _key(await _object(request))
+    _endpoint(emu, key)
+    return JSONResponse(emu.sender.disable(key).public())
+
+
+async def send_test_event(request: Request) -> Response:
+    emu = _emu(request)
+    body = await _object(request)
+    keys = body.get("endpoints")
+    if keys is None and ("url" in body or "id" in body):
+        keys = [_key(body)]
+    if keys is not None and (
+        not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)
+    ):
+        raise BadRequest("endpoints: expected an array of URLs or ids")
+    for key in keys or []:
+        _endpoint(emu, key)
+    data_type = body.get("type", TEST_EVENT_TYPE)
+    data_id = body.get("data_id")
+    payload = body.get("body")
+    if not isinstance(data_type, str) or not data_type:
+        raise BadRequest("type: expected a non-empty string")
+    if data_id is not None and not isinstance(data_id, str):
+        raise BadRequest("data_id: expected a string")
+    if payload is not None and not isinstance(payload, dict):
+        raise BadRequest("body: expected a JSON object")
+    event = emu.sender.send_test(keys or None, data_type, data_id, payload)
+    return JSONResponse({"event": event})
+
+
+async def emit_event(request: Request) -> Response:
+    emu = _emu(request)
+    body = await _object(request)
+    data_type, data_id, extra = body.get("type"), body.get("id"), body.get("data") or {}
+    if not isinstance(data_type, str) or not data_type:
+        raise BadRequest("type: required, a string")
+    if not isinstance(data_id, str) or not data_id:
+        raise BadRequest("id: required, a string")
+    if not isinstance(extra, dict):
+        raise BadRequest("data: expected a JSON object of extra data fields")
+    return JSONResponse({"event": emu.sender.emit(data_type, data_id, **extra)})
 
 
 async def get_billing(request: Request) -> Response:
@@ -119,7 +208,11 @@ routes = [
     Route("/_emulator/config", get_config, methods=["GET"]),
     Route("/_emulator/config", put_config, methods=["PUT", "PATCH"]),
     Route("/_emulator/webhook-log", webhook_log, methods=["GET"]),
+    Route("/_emulator/webhook-endpoints", list_endpoints, methods=["GET"]),
     Route("/_emulator/webhook-endpoints/enable", enable_endpoint, methods=["POST"]),
+    Route("/_emulator/webhook-endpoints/disable", disable_endpoint, methods=["POST"]),
+    Route("/_emulator/webhooks/test", send_test_event, methods=["POST"]),
+    Route("/_emulator/webhooks/emit", emit_event, methods=["POST"]),
     Route("/_emulator/billing", get_billing, methods=["GET"]),
     Route("/_emulator/stats", get_stats, methods=["GET"]),
     Route("/_emulator/reset", reset, methods=["POST"]),

@@ -20,14 +20,21 @@ from emulator.state import SessionRecord, Store
 
 log = structlog.get_logger(__name__)
 
-# Status transitions -> webhook types: the documented family, then the second family.
+# Status transitions -> webhook types: the documented family, then the second family (SDK
+# union only, behind `second_family`). That family also has session.requires_action (sent
+# with session.idled when the idle awaits input) and session.created/archived/deleted, which
+# are sent always and once: one type, one event. `pending` for `rescheduling` is inference.
 STATUS_WEBHOOKS = {
     "running": "session.status_run_started",
     "idle": "session.status_idled",
     "terminated": "session.status_terminated",
     "rescheduling": "session.status_rescheduled",
 }
-SECOND_FAMILY = {"running": "session.running", "idle": "session.idled"}
+SECOND_FAMILY = {
+    "running": "session.running",
+    "idle": "session.idled",
+    "rescheduling": "session.pending",
+}
 
 
 class Emulator:
@@ -60,7 +67,7 @@ class Emulator:
         if new.speed != self.config.speed:
             self.clock.set_speed(new.speed)
         for url in set(new.webhook_urls) - set(self.config.webhook_urls):
-            self.sender.enable(url)
+            self.sender.remove(url)  # a URL (re)added starts enabled, with a clean count
         self.config = new
         return new
 
@@ -100,8 +107,15 @@ class Emulator:
         self.sender.emit(data_type, data_id, **extra)
 
     def second_family(self, data_type: str, data_id: str) -> None:
+        """A second-family-only type (see SECOND_FAMILY), sent if the switch is on."""
         if self.config.second_family:
             self.sender.emit(data_type, data_id)
+
+    def touch(self, record: SessionRecord, *, status_change: bool = False) -> None:
+        """Move the session's updated_at: always for a client's change, for a status change
+        only when `updated_at_moves` is `always`."""
+        if not status_change or self.config.updated_at_moves == "always":
+            record.updated_at = self.clock.now()
 
     # -- session events and status -----------------------------------------------------
 
@@ -145,7 +159,7 @@ class Emulator:
         if status == "terminated":
             record.ended_emulated = now
         record.status = status
-        record.updated_at = self.clock.now()
+        self.touch(record, status_change=True)
         self.webhook(STATUS_WEBHOOKS[status], record.id)
         if status in SECOND_FAMILY:
             self.second_family(SECOND_FAMILY[status], record.id)

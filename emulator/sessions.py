@@ -8,7 +8,7 @@ terminated session; an accepted change resumes a turn paused on its budget. Whil
 
 from typing import Any
 
-from emulator import budgets, runner, scripts, validation
+from emulator import budgets, catalog, multiagent, runner, scripts, validation
 from emulator.clock import rfc3339
 from emulator.core import Emulator
 from emulator.errors import BadRequest, Conflict, NotFound
@@ -46,19 +46,29 @@ def agent_snapshot(emu: Emulator, ref: dict[str, Any]) -> dict[str, Any]:
         )
     }
     snapshot["type"] = "agent"
+    snapshot["multiagent"] = multiagent.for_session(emu, snapshot["multiagent"])
     if ref["type"] == "agent_with_overrides":
         for key in OVERRIDABLE:
             if key in ref:
-                snapshot[key] = _model(ref[key]) if key == "model" else ref[key]
+                snapshot[key] = _override(key, ref[key])
     return snapshot
 
 
-def _model(value: Any) -> dict[str, Any]:
-    if isinstance(value, str) and value:
-        return {"id": value, "effort": {"type": "high"}, "speed": "standard"}
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return {"effort": {"type": "high"}, "speed": "standard", **value}
-    raise BadRequest("model: expected a model id or {id, ...}")
+def _override(key: str, value: Any) -> Any:
+    """An override replaces the field whole, filled in as on the agent."""
+    if key == "model":
+        return catalog.model_config(value, "agent.model")
+    if key == "system":
+        if value is not None and not isinstance(value, str):
+            raise BadRequest("agent.system: expected a string or null")
+        return value or None
+    where = f"agent.{key}"
+    items = validation.optional_list({where: value}, where)
+    if key == "tools":
+        return catalog.tools(items)
+    if key == "mcp_servers":
+        return catalog.mcp_servers(items)
+    return catalog.skills(items)
 
 
 def _resources(emu: Emulator, raw: list[Any]) -> list[dict[str, Any]]:
@@ -150,7 +160,6 @@ def create(
     emu.ledger.created(record.id, record.created_emulated)
     emu.creates["sessions"] += 1
     emu.webhook("session.created", record.id)
-    emu.second_family("session.created", record.id)
     if initial:
         _accept(emu, record, initial)
     return record
@@ -224,7 +233,7 @@ def update(emu: Emulator, session_id: str, body: Any) -> dict[str, Any]:
         agent_patch = validation.as_object(body["agent"], "agent")
         for key in ("tools", "mcp_servers"):
             if key in agent_patch:
-                record.body["agent"][key] = agent_patch[key] or []
+                record.body["agent"][key] = _override(key, agent_patch[key])
         changed["agent"] = record.body["agent"]
     if "budget" in body:
         if budget != record.body["budget"]:
@@ -233,7 +242,8 @@ def update(emu: Emulator, session_id: str, body: Any) -> dict[str, Any]:
         if budget is None and record.body["budget"] is not None:
             record.budget_removed = True
         record.body["budget"] = budget
-    record.updated_at = emu.clock.now()
+    if changed or emu.config.updated_at_moves == "always":
+        emu.touch(record)
     if changed:
         emu.session_event(record, "session.updated", **changed)
         emu.webhook("session.updated", record.id)
@@ -278,7 +288,6 @@ def delete(emu: Emulator, session_id: str) -> dict[str, Any]:
         queue.put_nowait(None)
     record.deleted = True
     emu.webhook("session.deleted", record.id)
-    emu.second_family("session.deleted", record.id)
     return {"id": record.id, "type": "session_deleted"}
 
 
@@ -298,7 +307,6 @@ def archive(emu: Emulator, session_id: str) -> dict[str, Any]:
         else:
             emu.webhook("session.status_terminated", record.id)
         emu.webhook("session.archived", record.id)
-        emu.second_family("session.archived", record.id)
     return public(emu, record)
 
 

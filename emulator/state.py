@@ -1,5 +1,6 @@
 """In-memory state: agents (with versions), environments, sessions and their events, files,
-deployments and their runs. Plain containers; the services decide what changes."""
+deployments and their runs, organization webhook endpoints. Plain containers; the services
+decide what changes."""
 
 import asyncio
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ class Store:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     deployments: dict[str, DeploymentRecord] = field(default_factory=dict)
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Organization webhook endpoints' API fields; their delivery state is the sender's.
+    org_webhooks: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def agent(self, agent_id: str) -> AgentRecord:
         record = self.agents.get(agent_id)

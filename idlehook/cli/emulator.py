@@ -11,6 +11,10 @@ from pydantic import ValidationError
 from emulator.config import EmulatorConfig
 
 
+def _default(name: str) -> Any:
+    return EmulatorConfig.model_fields[name].default
+
+
 def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "emulator",
@@ -55,6 +59,29 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="also send session.running / session.idled / ... webhooks",
     )
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=_default("webhook_max_attempts"),
+        metavar="N",
+        help="delivery attempts per event per endpoint, the first included "
+        "(default: %(default)s; at least 1)",
+    )
+    parser.add_argument(
+        "--disable-after",
+        type=int,
+        default=_default("disable_after_failed_deliveries"),
+        metavar="N",
+        help="disable an endpoint after N failed deliveries in a row (default: %(default)s); "
+        "a 3xx disables it at once",
+    )
+    parser.add_argument(
+        "--updated-at-moves",
+        choices=["some", "always"],
+        default=_default("updated_at_moves"),
+        help="some: a session's updated_at moves only on title/metadata/budget/agent updates; "
+        "always: on status changes too (default: %(default)s)",
+    )
     parser.add_argument("--create-rpm", type=int, default=300)
     parser.add_argument("--read-rpm", type=int, default=600)
     parser.add_argument("--no-rate-limits", action="store_true")
@@ -93,6 +120,9 @@ def config_from_args(args: argparse.Namespace) -> tuple[EmulatorConfig, str | No
         webhook_urls=args.webhook_urls,
         webhook_secrets=args.webhook_secrets or [generated],
         second_family=args.second_family,
+        webhook_max_attempts=args.attempts,
+        disable_after_failed_deliveries=args.disable_after,
+        updated_at_moves=args.updated_at_moves,
         default_script=args.default_script,
         run_seconds=args.run_seconds,
         billing_model=args.billing_model,

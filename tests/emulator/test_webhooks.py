@@ -144,6 +144,7 @@ def test_redirect_disables_the_endpoint(start, receiver: Receiver) -> None:
     wait_for(lambda: attempts(served))
     endpoint = wait_for(lambda: served.control("GET", "webhook-log")["endpoints"])[0]
     assert endpoint["enabled"] is False
+    assert endpoint["disabled_reason"] == "redirect"
     client.beta.environments.create(name="e2")
     wait_for(lambda: len(attempts(served)) == 2)
     assert attempts(served)[-1]["outcome"] == "endpoint_disabled"
@@ -153,7 +154,7 @@ def test_redirect_disables_the_endpoint(start, receiver: Receiver) -> None:
 def test_sustained_failure_disables(start, receiver: Receiver) -> None:
     receiver.default = 503
     served = hooked(
-        start, receiver, speed=1000, webhook_max_attempts=1, disable_after_failed_events=3
+        start, receiver, speed=1000, webhook_max_attempts=1, disable_after_failed_deliveries=3
     )
     client = served.client()
     for i in range(3):
@@ -162,7 +163,7 @@ def test_sustained_failure_disables(start, receiver: Receiver) -> None:
     endpoint = wait_for(
         lambda: [e for e in served.control("GET", "webhook-log")["endpoints"] if not e["enabled"]]
     )[0]
-    assert endpoint["disabled_reason"] == "sustained failure"
+    assert endpoint["disabled_reason"] == "sustained_failure"
 
 
 def test_drop_all_and_runtime_toggle(start, receiver: Receiver) -> None:

@@ -38,6 +38,10 @@ def test_receiver_killed_under_load_loses_nothing_acknowledged_and_drains_once(
         "webhook_backoff_min_seconds": 5.0,
         "webhook_backoff_max_seconds": 120.0,
         "webhook_timeout_seconds": 40.0,
+        # What this test checks is retries outliving the crash, not auto-disable: the ~20
+        # failed deliveries in a row that disable an endpoint (the emulator's default, as the
+        # API documents it) would otherwise be reached while the receiver is down.
+        "disable_after_failed_deliveries": 1000,
     }
     try:
         with emulator(**retrying) as (emu, api_url), processes(tmp_path) as procs:
