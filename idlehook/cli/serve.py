@@ -4,10 +4,10 @@ import argparse
 import gc
 from typing import Any
 
-import uvicorn
-
 from idlehook import wiring
 from idlehook.logs import configure_logging
+from receiver import server
+from receiver.http_guard import HttpLimits
 from store.engine import make_engine, migrate
 
 
@@ -36,24 +36,23 @@ def run_serve(args: argparse.Namespace) -> int:
     # A long-lived server reconfigures nothing later, so its loggers may cache their pipeline
     # (main() configures uncached for tests); every delivery logs a line, so this is hot.
     configure_logging(json=True if args.log_json else settings.json_logs, cache=True)
+    # Before anything opens a file: the open-file limit up, the connection cap under it.
+    limits = server.prepare(HttpLimits.from_settings(settings.http))
     svc = wiring.service(settings, run_worker=not args.no_worker)
     # Everything built so far lives as long as the process: out of the collector's sight, a
     # full collection no longer walks the SDK's and SQLAlchemy's objects (p99 ack 100 ms -> 10 ms
     # under load, bench/README.md).
     gc.freeze()
+    # The one server configuration (receiver/server.py): header/body deadlines, header cap,
+    # connection cap. The tests run this same function.
+    config = server.uvicorn_config(
+        svc.app, limits, host=args.host or settings.host, port=args.port or settings.port
+    )
     try:
-        uvicorn.run(
-            svc.app,
-            host=args.host or settings.host,
-            port=args.port or settings.port,
-            log_level="warning",  # structlog speaks for the app; uvicorn only for itself
-            access_log=False,
-            # Anthropic keeps connections open between retries; don't drop them mid-wait.
-            timeout_keep_alive=75,
-        )
+        started = server.run(config)
     finally:
         svc.inbox.close()  # no writer process outlives the receiver; disposes the engine too
-    return 0
+    return 0 if started else 3  # uvicorn's own exit code for a server that never started
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -12,11 +12,21 @@ import uvicorn
 
 @contextmanager
 def serve(app: Any, *, host: str = "127.0.0.1", **config: Any) -> Iterator[str]:
+    with serve_config(
+        uvicorn.Config(app, log_level="warning", lifespan="on", **config), host=host
+    ) as url:
+        yield url
+
+
+@contextmanager
+def serve_config(config: uvicorn.Config, *, host: str = "127.0.0.1") -> Iterator[str]:
+    """A given uvicorn Config (e.g. `receiver.server.uvicorn_config`, what `idlehook serve`
+    runs) on a free loopback port; its own host and port are ignored."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
