@@ -6,6 +6,7 @@ Concurrency is bounded by `Settings.worker.concurrency`; lanes keep one session'
 
 import asyncio
 import collections
+import contextlib
 import os
 import socket
 import time
@@ -38,6 +39,8 @@ MAX_ERROR_CHARS = 2000
 # A delivery's shared reads: kept for this long, and for this many recent deliveries.
 READS_TTL_SECONDS = 60.0
 READS_KEPT = 64
+# After a failed claim (the store is down), the next try comes this much later.
+CLAIM_RETRY_SECONDS = 1.0
 
 
 def default_worker_id() -> str:
@@ -141,9 +144,23 @@ class Worker:
                 free = limit - len(self._inflight)
                 claimed: list[ClaimedRun] = []
                 if free > 0:
-                    claimed = await asyncio.to_thread(
-                        self.store.claim, self.worker_id, self.now(), self.lease, free
-                    )
+                    try:
+                        claimed = await asyncio.to_thread(
+                            self.store.claim, self.worker_id, self.now(), self.lease, free
+                        )
+                    except Exception as exc:
+                        if drain:
+                            raise  # a batch run says so and exits
+                        # The store is down: a long-lived worker (inside `serve`, where nothing
+                        # would restart it) waits it out and claims again.
+                        log.warning(
+                            "worker.claim_failed",
+                            worker_id=self.worker_id,
+                            error=describe_error(exc),
+                        )
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stopping.wait(), CLAIM_RETRY_SECONDS)
+                        continue
                 for run in claimed:
                     metrics.CLAIMS.inc()
                     task = asyncio.create_task(self._execute(run))

@@ -153,11 +153,25 @@ class ReconcileSettings(_Section):
     """`[reconcile]`: find status changes no webhook told us about."""
 
     interval_seconds: float = Field(default=60.0, gt=0)
+    # Not a horizon: tracked sessions, and any session found running, are reconciled whatever
+    # their age. Resting sessions idlehook never heard of are filled in only if created at most
+    # this long before the first sweep (a first start must not archive an organisation's past).
     lookback: str = "24h"
     # A transition younger than this may still have its webhook in flight.
     settle_seconds: float = Field(default=30.0, ge=0)
-    # Sessions changed status but no webhook arrived for this long: the endpoint is likely off.
-    silence_alarm_seconds: float = Field(default=900.0, gt=0)
+    # Sessions changed status (as the reconciler read them) and no webhook arrived for this
+    # long after the change: the endpoint is likely disabled.
+    silence_alarm_seconds: float = Field(default=300.0, gt=0)
+    # API calls one sweep may make (read class, paced with everything else); a backlog waits
+    # for the next sweeps. Nothing changing costs about 2 + scan_pages_per_sweep.
+    max_calls_per_sweep: int = Field(default=100, ge=3)
+    # Pages (100 sessions each) of resting sessions re-read per sweep, rotating: how a session
+    # that woke and rested again between two sweeps, its webhooks lost, is found.
+    scan_pages_per_sweep: int = Field(default=2, ge=1)
+    # The webhook endpoint whose state is read each sweep (needs the admin key): by id, or by
+    # the URL Anthropic posts to (e.g. "https://hooks.example.com/webhooks/anthropic").
+    endpoint_url: str | None = None
+    endpoint_id: str | None = None
 
     _durations = field_validator("lookback")(_check_duration)
 
@@ -209,6 +223,51 @@ class ApprovalSettings(_Section):
     sweep_seconds: float = Field(default=30.0, gt=0)
 
     _durations = field_validator("timeout")(_check_duration)
+
+
+class HttpSettings(_Section):
+    """`[http]`: what a client may hold of the receiver before its request is read.
+
+    uvicorn times nothing before a request is complete and caps no header size; these are
+    enforced per connection by `receiver/http_guard.py`, set up by `idlehook serve`."""
+
+    # From the connection's first byte (or a kept-alive connection's next request) to the end
+    # of its headers; then it is answered 408 and closed (a silent connection is just closed).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # From the end of the headers to the end of the body (every body here is small).
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    # Request line plus headers; more is answered 431 and closed without reading the rest.
+    max_header_bytes: int = Field(default=64 * 1024, ge=8 * 1024)
+    # Open connections at once. At the cap a new one closes the longest-open idle one (no
+    # request in flight); if none is idle it is answered 503. Lowered at start to stay under the
+    # open-file limit (which `serve` raises to its hard limit).
+    max_connections: int = Field(default=1000, ge=16)
+    # An idle kept-alive connection is closed after this long (Anthropic reuses connections
+    # between retries).
+    keep_alive_seconds: int = Field(default=75, ge=1)
+
+
+class JournalSettings(_Section):
+    """`[journal]`: where a receiver keeps verified deliveries its store could not commit.
+
+    Anthropic drops a webhook after a few failed attempts and disables an endpoint after enough
+    failures in a row, so while the database is down (or full, or read-only) a receiver
+    appends each verified delivery to a local file, fsyncs it and acknowledges it; a drainer
+    moves it into the store once the store is back (store/journal.py). Put it on storage that
+    outlives the process and its container (deploy/ does).
+    """
+
+    # Off: a delivery the store cannot commit is a 503 (Anthropic retries it a few times).
+    enabled: bool = True
+    # The directory (one file set per receiver process; a receiver drains what dead ones left
+    # in it). Default: `<data_dir>/journal`.
+    path: Path | None = None
+    # What one receiver process may hold in it; past this a delivery the store cannot take
+    # either is a 503.
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    # How often the drainer looks for journaled deliveries (and journals left by dead
+    # receivers) to move into the store.
+    drain_seconds: float = Field(default=1.0, gt=0)
 
 
 class LaunchSettings(_Section):
@@ -275,6 +334,14 @@ class Settings(BaseSettings):
     )
     # Bearer token for the management endpoints (POST /sessions, approvals, the web page).
     api_token: SecretStr | None = None
+    # An Admin API key (sk-ant-admin...): only to read the webhook endpoint's state through the
+    # organization webhooks API (`[reconcile] endpoint_url`/`endpoint_id`). Unset: not read.
+    admin_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices(
+            "admin_api_key", "ANTHROPIC_ADMIN_KEY", "IDLEHOOK_ADMIN_API_KEY"
+        ),
+    )
 
     # Who this instance is: stamped on every session it launches as metadata `idlehook_owner`.
     owner: str = "idlehook"
@@ -303,6 +370,8 @@ class Settings(BaseSettings):
     tools: ToolsSettings = Field(default_factory=ToolsSettings)
     approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
     launch: LaunchSettings = Field(default_factory=LaunchSettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     # The API's rate limits (requests per minute), shared by every worker through the store.
     create_rpm: int = Field(default=300, ge=1)
@@ -345,6 +414,9 @@ class Settings(BaseSettings):
     def pricing(self) -> Pricing:
         rate = self.reaper.container_usd_per_hour
         return Pricing(self.billing_model, self.runtime_usd_per_hour if rate is None else rate)
+
+    def journal_dir(self) -> Path:
+        return self.journal.path or self.data_dir / "journal"
 
     def signing_key_values(self) -> list[str]:
         return [key.get_secret_value() for key in self.webhook_signing_keys]

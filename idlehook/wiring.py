@@ -38,6 +38,7 @@ from receiver.request_id import RequestIdMiddleware
 from receiver.sessions_api import sessions_routes
 from receiver.web import web_routes
 from sessions.durations import parse_duration
+from sessions.endpoint import EndpointWatch
 from sessions.launch_queue import LaunchDrainer
 from sessions.launcher import Launcher
 from sessions.metrics import record_api_response
@@ -48,6 +49,7 @@ from sessions.reconciler import Reconciler
 from sessions.watchdog import Watchdog
 from store.engine import make_engine, migrate
 from store.inbox import Inbox
+from store.journal import Journal, store_key
 from store.models import utcnow
 from store.runs import RunStore
 from store.sessions import SessionStore
@@ -226,7 +228,31 @@ def reconciler(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Re
         lookback=parse_duration(cfg.lookback),
         settle=timedelta(seconds=cfg.settle_seconds),
         silence_alarm=timedelta(seconds=cfg.silence_alarm_seconds),
+        max_calls=cfg.max_calls_per_sweep,
+        scan_pages=cfg.scan_pages_per_sweep,
+        endpoint=endpoint_watch(settings, engine),
     )
+
+
+def endpoint_watch(settings: Settings, engine: Engine) -> EndpointWatch | None:
+    """The webhook endpoint's state, read with the admin key each sweep; None without one."""
+    cfg = settings.reconcile
+    if settings.admin_api_key is None or not settings.admin_api_key.get_secret_value():
+        return None
+    if not cfg.endpoint_url and not cfg.endpoint_id:
+        log.warning(
+            "reconcile.endpoint_unnamed",
+            hint="an admin key is set but neither [reconcile] endpoint_url nor endpoint_id: "
+            "the webhook endpoint's state is not read",
+        )
+        return None
+    admin = AsyncAnthropic(
+        api_key=settings.admin_api_key.get_secret_value(),
+        base_url=settings.base_url,
+        max_retries=2,
+        http_client=DefaultAsyncHttpxClient(event_hooks={"response": [_count_api_response]}),
+    )
+    return EndpointWatch(admin, engine, url=cfg.endpoint_url, endpoint_id=cfg.endpoint_id)
 
 
 @dataclass
@@ -314,10 +340,20 @@ def service(
         ],
         lifespan=background,
         on_new=the_worker.wake if the_worker is not None else None,
+        journal=journal(settings),
+        journal_drain_seconds=settings.journal.drain_seconds,
     )
     # Only the Starlette part passes through middleware; the webhook path is dispatched first.
     app.add_middleware(RequestIdMiddleware)
     return Service(settings, engine, client, inbox, app, the_worker, drainer, periodic)
+
+
+def journal(settings: Settings) -> Journal | None:
+    """The receiver's local journal for deliveries the store cannot commit (None: off)."""
+    if not settings.journal.enabled:
+        return None
+    store = store_key(settings.database_url)
+    return Journal(settings.journal_dir(), settings.journal.max_bytes, store=store)
 
 
 def approvals_sweep(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Periodic:

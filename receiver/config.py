@@ -10,6 +10,7 @@ from receiver.verify import SigningKey
 WEBHOOK_PATH = "/webhooks/anthropic"
 DEFAULT_MAX_BODY_BYTES = 256 * 1024
 DEFAULT_TOLERANCE = timedelta(minutes=5)
+DEFAULT_KEY_REFRESH_SECONDS = 2.0
 
 
 class ReceiverSettings(Protocol):
@@ -27,6 +28,8 @@ class ReceiverConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     timestamp_tolerance: timedelta = DEFAULT_TOLERANCE
     webhook_path: str = WEBHOOK_PATH
+    # How often a receiver reloads the keys kept in the store (`idlehook keys`).
+    key_refresh_seconds: float = DEFAULT_KEY_REFRESH_SECONDS
 
     @classmethod
     def from_secrets(cls, secrets: Sequence[str], **kwargs: object) -> "ReceiverConfig":

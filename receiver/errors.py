@@ -41,7 +41,8 @@ class BadRequest(ReceiverError):
 
 
 class BadEvent(BadRequest):
-    """Signed correctly, but not a webhook event we can record."""
+    """Not a webhook envelope we know. Signed, the intake keeps it raw and answers 2xx
+    (store/unrecognised.py): refusing it would count towards the endpoint being disabled."""
 
 
 class BadSignature(ReceiverError):

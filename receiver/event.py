@@ -1,10 +1,11 @@
 """What was sent: a verified body parsed into the SDK's BetaWebhookEvent, or BadEvent.
 
-The envelope fields idlehook relies on are checked here first, so "not a webhook event" is a 400
-and never reaches the store. A known `data.type` is then validated against its own SDK model
-(picked by type, which is ~10x cheaper than resolving the 51-way union); a `data.type` Anthropic
-adds tomorrow, or a known one missing a field the SDK declares, is built leniently the way
-`beta.webhooks.unwrap` does (`construct_type`), so it still parses and is stored.
+The envelope fields idlehook relies on are checked here first, so "not a webhook event" never
+becomes a delivery or a handler run (the intake keeps such a signed body raw, as unrecognised).
+A known `data.type` is then validated against its own SDK model (picked by type, which is ~10x
+cheaper than resolving the 51-way union); a `data.type` Anthropic adds tomorrow, or a known one
+missing a field the SDK declares, is built leniently the way `beta.webhooks.unwrap` does
+(`construct_type`), so it still parses and is stored.
 
 The SDK model is built on first use of `ParsedEvent.event`, not on the webhook path: the intake
 stores the checked envelope fields and the raw text, and model validation cost more per request

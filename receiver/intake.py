@@ -5,6 +5,12 @@ size cap, holds the request only until the inbox's group commit has its delivery
 answers 204 with the outcome in a header (`idlehook-outcome: stored` or `duplicate`). No body:
 Anthropic reads only the status, and a body is a second socket write per delivery. Handlers
 never run here.
+
+A verified delivery is acknowledged whenever any durable medium can take it: when the store
+cannot commit it, the local journal (store/journal.py) takes it and the answer is 202
+(`journaled`); only if the journal cannot either is it a 503. A signed body that is no envelope
+idlehook knows is kept raw (store/unrecognised.py) and answered 204 (`unrecognised`): a 4xx
+would count towards Anthropic disabling the endpoint, and it is not routed to any handler.
 """
 
 import json
@@ -19,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from receiver import metrics
 from receiver.config import ReceiverConfig
 from receiver.errors import (
+    BadEvent,
     BadRequest,
     BadSignature,
     BodyTooLarge,
@@ -27,9 +34,13 @@ from receiver.errors import (
     StoreDown,
 )
 from receiver.event import parse_event, type_label
+from receiver.keyring import KeyRing
 from receiver.verify import verify
 from store.inbox import Inbox, StoreUnavailable, session_id_for
 from store.ingest import WEBHOOK
+from store.journal import Journal, JournalUnavailable
+from store.journal_records import Record
+from store.unrecognised import Unrecognised
 
 log = structlog.get_logger(__name__)
 
@@ -44,9 +55,19 @@ _KEPT = frozenset(KEPT_HEADERS)
 _JSON = [(b"content-type", b"application/json")]
 # The only headers the intake reads, by raw name: the rest are size-checked, never decoded.
 _READ = {name.encode(): name for name in (*KEPT_HEADERS, "webhook-signature", "content-length")}
-_STORED = [(OUTCOME_HEADER.encode(), b"stored")]
-_DUPLICATE = [(OUTCOME_HEADER.encode(), b"duplicate")]
 _NO_BODY = {"type": "http.response.body", "body": b""}
+# Outcomes: the `idlehook-outcome` header and the deliveries metric's `outcome` label.
+STORED = "stored"
+DUPLICATE = "duplicate"
+JOURNALED = "journaled"  # durable in the local journal; moved into the store later
+UNRECOGNISED = "unrecognised"  # signed, but no envelope we know: kept raw, not routed
+_ANSWERS: dict[str, tuple[int, list[tuple[bytes, bytes]]]] = {
+    STORED: (204, [(OUTCOME_HEADER.encode(), b"stored")]),
+    DUPLICATE: (204, [(OUTCOME_HEADER.encode(), b"duplicate")]),
+    UNRECOGNISED: (204, [(OUTCOME_HEADER.encode(), b"unrecognised")]),
+    # 202: accepted, not yet in the store.
+    JOURNALED: (202, [(OUTCOME_HEADER.encode(), b"journaled"), (b"content-length", b"0")]),
+}
 
 
 class WebhookIntake:
@@ -56,12 +77,21 @@ class WebhookIntake:
         inbox: Inbox,
         now: Callable[[], datetime],
         on_new: Callable[[], None] | None = None,
+        keys: KeyRing | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.config = config
+        # The keys verified against: the environment's, plus the store's when the app's
+        # lifespan refreshes them (receiver/keyring.py); read per request, never the database.
+        self.keys = keys or KeyRing(config.signing_keys, now=now)
         self.inbox = inbox
         self.now = now
         # Told after a new delivery commits, so an in-process worker claims it at once.
         self.on_new = on_new
+        # Where a verified delivery goes when the store cannot commit it (None: a 503).
+        self.journal = journal
+        # The latest write to the store failed (readiness reports it; a read may still work).
+        self.store_failing = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -75,44 +105,82 @@ class WebhookIntake:
             if body is None:
                 return  # the client went away; nobody to answer
             now = self.now()
-            key_index = verify(
-                body, headers, self.config.signing_keys, now, self.config.timestamp_tolerance
-            ).key_index
-            metrics.key_matched(key_index)
-            parsed = parse_event(body)
-            event_type = type_label(parsed.event_type)
-            # The delivery in its compact Row form (store/ingest.py), NewDelivery's fields in order.
-            row = (
-                parsed.event_id,
-                parsed.event_type,
-                parsed.resource_id,
-                session_id_for(parsed.event_type, parsed.resource_id),
-                parsed.created_at.timestamp(),
-                now.timestamp(),
-                parsed.text,
-                {k: v[:MAX_KEPT_HEADER] for k, v in headers.items() if k in _KEPT},
-                key_index,
-                WEBHOOK,
+            verified = verify(
+                body, headers, self.keys.current, now, self.config.timestamp_tolerance
             )
+            key_index = verified.key_index
+            metrics.key_matched(verified.key_label)
+            kept = {k: v[:MAX_KEPT_HEADER] for k, v in headers.items() if k in _KEPT}
             try:
-                result = await self.inbox.ingest_row(row)
-            except StoreUnavailable as exc:
-                log.warning("webhook.store_unavailable", error=str(exc))
-                raise StoreDown("store_unavailable") from exc
+                parsed = parse_event(body)
+            except BadEvent as exc:
+                event_type = UNRECOGNISED
+                # verify() required a webhook-id: the message id, the same on every retry.
+                item = Unrecognised(
+                    headers["webhook-id"], now.timestamp(), body, kept, key_index, exc.reason
+                )
+                outcome = await self._keep_unrecognised(item)
+            else:
+                event_type = type_label(parsed.event_type)
+                # The delivery in its compact Row form (store/ingest.py), NewDelivery's fields
+                # in order.
+                row = (
+                    parsed.event_id,
+                    parsed.event_type,
+                    parsed.resource_id,
+                    session_id_for(parsed.event_type, parsed.resource_id),
+                    parsed.created_at.timestamp(),
+                    now.timestamp(),
+                    parsed.text,
+                    kept,
+                    key_index,
+                    WEBHOOK,
+                )
+                try:
+                    result = await self.inbox.ingest_row(row)
+                except StoreUnavailable as exc:
+                    outcome = await self._journal(row, exc)
+                else:
+                    self.store_failing = False
+                    outcome = STORED if result.new else DUPLICATE
+                    if result.new and self.on_new is not None:
+                        self.on_new()
         except ReceiverError as exc:
             await self._reject(send, exc, event_type)
             return
-        outcome = "stored" if result.new else "duplicate"
-        if result.new and self.on_new is not None:
-            self.on_new()
         metrics.delivered(event_type, outcome)
         # No line per delivery: the inbox logs one per group commit naming every event in it
-        # (a line per request cost more than the HMAC and the parse together).
+        # (a line per request cost more than the HMAC and the parse together), the journal
+        # one per fsync.
+        status, answer = _ANSWERS[outcome]
         # A fresh list each time: ASGI middleware may append to a response's headers in place.
-        answer = (_STORED if result.new else _DUPLICATE).copy()
-        await send({"type": "http.response.start", "status": 204, "headers": answer})
+        await send({"type": "http.response.start", "status": status, "headers": answer.copy()})
         await send(_NO_BODY)
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
+
+    async def _journal(self, record: Record, exc: StoreUnavailable) -> str:
+        """The store could not commit `record`: the journal takes it (acknowledged, moved into
+        the store later), or, if it cannot either, nothing was acknowledged (a 503, retried)."""
+        self.store_failing = True
+        if self.journal is None:
+            log.warning("webhook.store_unavailable", error=str(exc))
+            raise StoreDown("store_unavailable") from exc
+        try:
+            await self.journal.append(record)
+        except JournalUnavailable as full:
+            log.error("webhook.journal_unavailable", store_error=str(exc), reason=full.reason)
+            raise StoreDown(full.reason) from full
+        return JOURNALED
+
+    async def _keep_unrecognised(self, item: Unrecognised) -> str:
+        try:
+            new = await self.inbox.keep_unrecognised(item)
+        except StoreUnavailable as exc:
+            return await self._journal(item, exc)
+        self.store_failing = False
+        # Rare, and worth a line each: the reason only, never the body.
+        log.info("webhook.unrecognised", message_id=item.message_id, reason=item.reason, new=new)
+        return UNRECOGNISED if new else DUPLICATE
 
     async def _reject(self, send: Send, exc: ReceiverError, event_type: str) -> None:
         status = exc.status_code

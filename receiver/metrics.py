@@ -1,7 +1,7 @@
 """Prometheus metrics for the webhook edge, on prometheus_client's default REGISTRY.
 
 Labels are bounded: event types outside the SDK's known set count as "other", rejection
-reasons are fixed tokens, key indexes are bounded by the configured keys.
+reasons are fixed tokens, key labels are bounded by the configured and stored keys.
 """
 
 import bisect
@@ -103,7 +103,8 @@ SIGNATURE_FAILURES = Counter(
 )
 KEY_MATCHES = LoopCounter(
     "idlehook_webhook_signing_key_matches",
-    "Verified deliveries by the index of the signing key that matched (rotation progress).",
+    "Verified deliveries by the signing key that matched (rotation progress): an environment "
+    "key's index, or a stored key's fingerprint (`idlehook keys list`).",
     ("key_index",),
 )
 BATCH_SIZE = Histogram(
@@ -124,8 +125,12 @@ def delivered(event_type: str, outcome: str) -> None:
     DELIVERIES.inc(event_type, outcome)
 
 
-def key_matched(key_index: int) -> None:
-    KEY_MATCHES.inc(_KEY_LABELS[key_index] if key_index < len(_KEY_LABELS) else str(key_index))
+def key_matched(key: int | str) -> None:
+    """Count a match under the key's label (SigningKey.label), or an environment key's index."""
+    if isinstance(key, str):
+        KEY_MATCHES.inc(key)
+        return
+    KEY_MATCHES.inc(_KEY_LABELS[key] if 0 <= key < len(_KEY_LABELS) else str(key))
 
 
 class StoreGauge(Collector):

@@ -26,8 +26,17 @@ MAX_TIMESTAMP_DIGITS = 12
 
 @dataclass(frozen=True)
 class SigningKey:
-    index: int  # position in the configured list: which key matched, during rotation
+    # Which key matched, recorded on the delivery: an environment key's position in the
+    # configured list; a stored key (store/signing_keys.py) is recorded as minus its id.
+    index: int
     secret: bytes = field(repr=False)
+    # The key's `key_index` metric label, made once here rather than per delivery: the
+    # environment key's position, or the stored key's fingerprint.
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            object.__setattr__(self, "label", str(self.index))
 
     @classmethod
     def parse(cls, index: int, value: str) -> "SigningKey":
@@ -49,6 +58,7 @@ class Verified(NamedTuple):  # one per delivery on the hot path: a tuple is chea
     webhook_id: str
     timestamp: int  # the signed `webhook-timestamp`, Unix seconds
     key_index: int
+    key_label: str  # the matched key's metric label
 
 
 def verify(
@@ -87,7 +97,7 @@ def verify(
         for candidate in candidates:
             matched |= hmac.compare_digest(expected, candidate)
         if matched:
-            return Verified(msg_id, sent, key.index)
+            return Verified(msg_id, sent, key.index, key.label)
     raise BadSignature("no_matching_signature")
 
 

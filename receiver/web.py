@@ -8,6 +8,7 @@ With no token configured every route answers 503: the page is never open.
 """
 
 import asyncio
+import dataclasses
 import importlib
 import secrets
 from collections.abc import Callable, Sequence
@@ -134,6 +135,9 @@ def web_routes(
             return RedirectResponse("/login", status_code=303)
         moment = now()
         view = await asyncio.to_thread(dashboard.load, engine, moment, limit)
+        journal = getattr(request.app.state, "journal", None)
+        if journal is not None:
+            view = dataclasses.replace(view, journal=journal.stats())
         pending = await _pending(engine, list_pending)
         return _page(lambda n: web_page.render(view, pending, n, billing_model))
 

@@ -29,6 +29,7 @@ th,td{border:1px solid #e4e7ec;padding:4px 8px;text-align:left;vertical-align:to
 th{background:#eef1f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .s-idle,.s-succeeded,.s-deleted{color:#067647}.s-running,.s-pending{color:#175cd3}
 .s-failed,.s-refused{color:#b54708}.s-dead,.s-terminated{color:#b42318;font-weight:600}
+.alarm{background:#b42318;color:#fff;padding:10px 16px;border-radius:8px;margin:12px 0}
 svg{background:#fff;border:1px solid #d0d5dd;border-radius:8px}
 button{margin-right:6px}
 """
@@ -218,6 +219,31 @@ _BILLING_NOTE = {
 }
 
 
+def endpoint_banner(view: Dashboard) -> str:
+    """A red banner while Anthropic reports the webhook endpoint disabled."""
+    endpoint = view.endpoint
+    if endpoint is None or endpoint.state != "disabled":
+        return ""
+    reason = escape(endpoint.reason or "disabled by a person")
+    return (
+        '<div class="alarm" id="endpoint-disabled" role="alert"><b>Webhook endpoint disabled'
+        f"</b> ({reason}) since {_ts(endpoint.since)} UTC, as of {_ts(endpoint.checked_at)}: "
+        "Anthropic sends it nothing and will not resend what it missed. Re-enable it in the "
+        "Console (Manage &rarr; Webhooks); meanwhile the reconciler delivers status changes."
+        "</div>"
+    )
+
+
+def _journal_card(view: Dashboard) -> list[tuple[str, str]]:
+    """Deliveries acknowledged from the local journal, not yet in the store, and how old."""
+    journal = view.journal
+    if journal is None:
+        return []
+    oldest = journal.oldest_seconds(view.now.timestamp())
+    age = f" · oldest {oldest:.0f}s" if oldest is not None else ""
+    return [("journal (not yet stored)", f"{journal.depth}{age}")]
+
+
 def _result_cell(s: SessionRow) -> str:
     if s.unsaved:
         return '<span class="s-dead">unsaved</span>'
@@ -238,6 +264,8 @@ def render(
         ("runs waiting", str(sum(runs.get(s, 0) for s in ("pending", "running", "failed")))),
         ("dead letters", str(runs.get("dead", 0))),
         ("unsaved outcomes", str(t.unsaved_outcomes)),
+        ("unrecognised kept", str(t.unrecognised)),
+        *_journal_card(view),
         ("interrupted", str(t.interrupted)),
         ("reaped", str(t.reaped)),
         (f"saved ({billing_model})", f"${t.saving_usd_per_hour:.4f}/h"),
@@ -331,6 +359,7 @@ def render(
         f'<style nonce="{escape(nonce)}">{_STYLE}</style></head><body>'
         f'<h1>idlehook</h1><div class="muted">as of {_ts(view.now)} UTC · refreshes every 30 s'
         "</div>"
+        f"{endpoint_banner(view)}"
         f'<div class="cards">{cards_html}</div>'
         f'<p class="muted">{_BILLING_NOTE.get(billing_model, "")}</p>'
         "<h2>Deliveries and handler latency, per minute, last hour</h2>"

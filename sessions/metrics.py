@@ -31,6 +31,15 @@ WEBHOOK_SILENCE_ALARM = Gauge(
     "1 when sessions changed status but no webhook arrived for too long: the endpoint is "
     "probably disabled",
 )
+WEBHOOK_ENDPOINT_DISABLED = Gauge(
+    "idlehook_webhook_endpoint_disabled",
+    "1 when the organization webhooks API says the webhook endpoint is disabled (read each "
+    "reconcile sweep with the admin key; re-enable it in the Console, nothing missed is resent)",
+)
+RECONCILE_API_CALLS = Counter(
+    "idlehook_reconcile_api_calls_total",
+    "API calls the reconciler made (list pages, retrieves, event reads, endpoint reads)",
+)
 
 # -- API calls (an httpx event hook on the SDK client: idlehook/wiring.api_client) -------------
 

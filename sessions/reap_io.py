@@ -90,11 +90,13 @@ class PacedCalls:
         self.gate = gate
         self.max_rate_retries = max_rate_retries
         self.rate_limited = 0  # 429s seen, for reports and tests
+        self.made = 0  # calls sent (each 429'd attempt too): what a sweep spent of its budget
 
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         attempt = 0
         while True:
             await self.gate.acquire(READ)
+            self.made += 1
             try:
                 return await fn()
             except anthropic.RateLimitError as exc:

@@ -1,7 +1,8 @@
 """What the reaper and the reconciler read and write in the store.
 
 Reaper: the facts its guards need (tracked rows, unfinished handler runs per session), its audit
-rows, and `deleted_at`. Reconciler: its cursor, and whether a transition was already delivered.
+rows, and `deleted_at`. Reconciler: whether a transition was already delivered (its cursors and
+what it watches are store/watch.py).
 """
 
 from collections.abc import Collection, Iterable, Sequence
@@ -17,7 +18,6 @@ from store.models import (
     Delivery,
     HandlerRun,
     ReaperAction,
-    ReconcileCursor,
     Source,
     TrackedSession,
 )
@@ -87,25 +87,6 @@ def mark_deleted(engine: Engine, session_id: str, at: datetime) -> None:
 
 
 # -- reconciler ------------------------------------------------------------------------------
-
-
-def read_cursor(engine: Engine, name: str) -> datetime | None:
-    with Session(engine) as db:
-        row = db.get(ReconcileCursor, name)
-        return row.through if row is not None else None
-
-
-def write_cursor(engine: Engine, name: str, through: datetime, swept_at: datetime) -> None:
-    with Session(engine) as db:
-        row = db.get(ReconcileCursor, name)
-        if row is None:
-            row = ReconcileCursor(name=name, through=through, swept_at=swept_at)
-        else:
-            # Never backwards: two sweeps racing must not re-open a settled window.
-            row.through = max(row.through, through)
-            row.swept_at = swept_at
-        db.add(row)
-        db.commit()
 
 
 @dataclass(frozen=True)
@@ -199,17 +180,5 @@ def last_webhook_received_at(engine: Engine) -> datetime | None:
         query = select(sa.func.max(Delivery.received_at)).where(
             Delivery.source == str(Source.WEBHOOK)
         )
-        value = db.exec(query).one()
-    return value if isinstance(value, datetime) else None
-
-
-def first_synthetic_after(engine: Engine, after: datetime | None) -> datetime | None:
-    """The earliest transition the reconciler had to fill in since the last real webhook."""
-    with Session(engine) as db:
-        query = select(sa.func.min(Delivery.event_created_at)).where(
-            Delivery.source == str(Source.RECONCILE)
-        )
-        if after is not None:
-            query = query.where(col(Delivery.received_at) > after)
         value = db.exec(query).one()
     return value if isinstance(value, datetime) else None

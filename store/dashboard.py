@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
+from store.journal import JournalStats
 from store.models import (
     Delivery,
     HandlerRun,
@@ -20,8 +21,10 @@ from store.models import (
     ReaperActionKind,
     RunState,
     TrackedSession,
+    UnrecognisedDelivery,
 )
 from store.sessions import count_unsaved, outcome_unsaved
+from store.watch import EndpointRecord, read_endpoint
 
 ROUTE_HANDLER = "_route"  # the worker's routing step: bookkeeping, not a plugin
 
@@ -100,6 +103,7 @@ class Totals:
     saving_usd_per_hour: float
     interrupted: int = 0  # runs the reaper stopped (runaways, past deadline)
     unsaved_outcomes: int = 0  # ended sessions no route saved
+    unrecognised: int = 0  # signed bodies that were no known envelope, kept raw
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,10 @@ class Dashboard:
     dead_letters: list[RunRow] = field(default_factory=list)
     reaper: list[ReaperRow] = field(default_factory=list)
     chart: list[MinuteBucket] = field(default_factory=list)
+    # The webhook endpoint's state as the reconciler last read it (None: not read).
+    endpoint: EndpointRecord | None = None
+    # This receiver's local journal (not the store's: the page adds it), None: no journal.
+    journal: JournalStats | None = None
 
 
 def load(engine: Engine, now: datetime, limit: int = 50) -> Dashboard:
@@ -131,6 +139,7 @@ def load(engine: Engine, now: datetime, limit: int = 50) -> Dashboard:
                 _delivery_minutes(conn, now - timedelta(hours=1)),
                 _run_minutes(conn, now - timedelta(hours=1)),
             ),
+            endpoint=read_endpoint(conn),
         )
 
 
@@ -221,6 +230,7 @@ def _totals(db: Session) -> Totals:
         saving_usd_per_hour=deleted_saving + interrupted_saving,
         interrupted=interrupted,
         unsaved_outcomes=unsaved,
+        unrecognised=int(db.exec(select(sa.func.count()).select_from(UnrecognisedDelivery)).one()),
     )
 
 

@@ -8,13 +8,14 @@ share with a writer thread. The reconciler and tests record in-process (`ingest_
 `write_batch`), through the same SQL (store/ingest.py).
 """
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from store import ingest
+from store import ingest, unrecognised
 from store.engine import make_engine
 from store.ingest import (
     ROUTE_HANDLER,
@@ -27,6 +28,7 @@ from store.ingest import (
     to_row,
 )
 from store.models import utcnow
+from store.unrecognised import Unrecognised
 from store.writer_link import WriterLink
 
 __all__ = [
@@ -111,6 +113,12 @@ class Inbox:
         """`ingest` for a delivery already in its compact Row form, as the webhook path builds it
         (a NewDelivery's datetimes and their conversion are a cost on every request)."""
         return await self._link.submit(row)
+
+    async def keep_unrecognised(self, item: Unrecognised) -> bool:
+        """Keep a signed body that is no known envelope (store/unrecognised.py), in a thread
+        of this process: rare, so not worth the writer's pipe. True if it was new."""
+        [new] = await asyncio.to_thread(unrecognised.write, self.engine, [item])
+        return new
 
     def ingest_sync(self, delivery: NewDelivery) -> IngestResult:
         """The same insert-if-new, in this process and thread (the reconciler's path)."""

@@ -77,7 +77,8 @@ class Delivery(SQLModel, table=True):
     source: str = Field(default=Source.WEBHOOK, max_length=20)
     body: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
     headers: dict[str, str] = Field(default_factory=dict, sa_column=json_column())
-    secret_index: int | None = None  # which configured signing key matched
+    # Which signing key matched: an environment key's index; a stored key's id, negated.
+    secret_index: int | None = None
     duplicates: int = 0  # how many more times the same event id arrived
     last_duplicate_at: datetime | None = Field(default=None, sa_column=ts_column())
 
@@ -257,7 +258,8 @@ class ReaperAction(SQLModel, table=True):
 
 
 class ReconcileCursor(SQLModel, table=True):
-    """How far the reconciler has looked: transitions at or before `through` are settled."""
+    """A named instant the reconciler keeps (store/watch.py): where its rotating scans resume,
+    the earliest change no webhook reported, the webhook endpoint's state as last read."""
 
     __tablename__ = "reconcile_cursors"
 
@@ -378,3 +380,57 @@ class FollowUp(SQLModel, table=True):
 
 
 # --- end follow-ups ----------------------------------------------------------------------------
+
+
+# --- unrecognised deliveries (store/unrecognised.py) ------------------------------------------
+
+
+class UnrecognisedDelivery(SQLModel, table=True):
+    """A validly signed body that is no webhook envelope idlehook knows (a Console test event,
+    a new shape, not even JSON): kept as received and acknowledged, never routed to handlers.
+
+    Anthropic disables an endpoint after enough non-2xx answers, so a signed body is never
+    refused; it is kept here, byte for byte, for a person (or a later idlehook) to read.
+    """
+
+    __tablename__ = "unrecognised_deliveries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # The `webhook-id` header (Standard Webhooks message id, <= 200 printable characters once
+    # verified): the same on every retry, so the de-duplication key.
+    message_id: str = Field(max_length=200, sa_column_kwargs={"unique": True})
+    reason: str = Field(max_length=40)  # why it was not an envelope (body_not_json, ...)
+    received_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False, index=True))
+    body: bytes = Field(sa_column=sa.Column(sa.LargeBinary(), nullable=False))
+    headers: dict[str, str] = Field(default_factory=dict, sa_column=json_column())
+    secret_index: int | None = None
+    duplicates: int = 0
+    last_duplicate_at: datetime | None = Field(default=None, sa_column=ts_column())
+
+
+# --- end unrecognised deliveries ---------------------------------------------------------------
+
+
+# --- webhook signing keys (store/signing_keys.py, receiver/keyring.py) -------------------------
+
+
+class SigningKeyRecord(SQLModel, table=True):
+    """A webhook signing key added at run time (`idlehook keys add`), read by every receiver
+    every few seconds, so a rotation needs no restart. The secret is kept as given (`whsec_` +
+    base64): HMAC needs it, so the database is as sensitive as the environment that held it."""
+
+    __tablename__ = "signing_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    # sha256 of the key bytes, hex: one row per key; its first 8 digits are the fingerprint
+    # shown by `idlehook keys list` and used as the key's metric label.
+    digest: str = Field(max_length=64, sa_column_kwargs={"unique": True})
+    # None once the key is past its grace: a key that verifies nothing is not kept.
+    secret: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    added_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
+    retired_at: datetime | None = Field(default=None, sa_column=ts_column())
+    # Retired keys still verify until then (the grace period); None: not retired.
+    expires_at: datetime | None = Field(default=None, sa_column=ts_column())
+
+
+# --- end webhook signing keys ------------------------------------------------------------------

@@ -1,7 +1,10 @@
 """Secrets never reach the logs: the API key, the webhook signing key and the management token are
 set to recognisable values, then the service handles a badly signed delivery, a login with the
-token in the URL, a refused login, launches (one rejected) and the worker's plugin runs. Every
-byte written to stdout/stderr (JSON logs, uvicorn, anything) is searched for them."""
+token in the URL, a refused login, launches (one rejected) and the worker's plugin runs; a
+second signing key is added, listed and retired with `idlehook keys` while it runs (a key kept
+in the store, reloaded by the receiver, which the emulator then signs with), and a malformed
+one is refused. Every byte written to stdout/stderr (JSON logs, uvicorn, the CLI's output,
+anything) is searched for them."""
 
 import base64
 import json
@@ -13,7 +16,9 @@ import httpx
 import pytest
 import structlog
 
+from idlehook import cli
 from idlehook.logs import configure_logging
+from store import signing_keys
 from tests.support.servers import wait_for
 from tests.web.stack import PATH, web_stack
 
@@ -21,7 +26,10 @@ API_KEY = "LOGTEST-api-key-7f3a9c51"
 SIGNING_RAW = base64.b64encode(b"LOGTEST-signing-key-bytes-0042!!").decode()
 SIGNING_KEY = "whsec_" + SIGNING_RAW
 API_TOKEN = "LOGTEST-api-token-31c1e8"
-SECRETS = [API_KEY, SIGNING_KEY, SIGNING_RAW, API_TOKEN]
+STORED_RAW = base64.b64encode(b"LOGTEST-stored-key-bytes-0099!!!").decode()
+STORED_KEY = "whsec_" + STORED_RAW
+BAD_KEY = "whsec_LOGTEST-bad-key*" + STORED_RAW
+SECRETS = [API_KEY, SIGNING_KEY, SIGNING_RAW, API_TOKEN, STORED_KEY, STORED_RAW, BAD_KEY]
 
 
 @pytest.fixture
@@ -42,8 +50,19 @@ def test_secrets_never_appear_in_log_output(
         "webhook_signing_keys": [SIGNING_KEY],
         "api_token": API_TOKEN,
     }
+    config = tmp_path / "keys.toml"
+    config.write_text(f'database_url = "{sqlite_url}"\n')
     with web_stack(sqlite_url, tmp_path, **overrides) as s:
         s.emulator.apply_config({"webhook_secrets": [SIGNING_KEY]})
+        # A key kept in the store: added, listed, picked up by the receiver, then signing.
+        keys = ["--config", str(config), "keys"]
+        assert cli.main([*keys, "add", STORED_KEY]) == 0
+        assert cli.main([*keys, "add", BAD_KEY]) == 2
+        assert cli.main([*keys, "list"]) == 0
+        assert cli.main([*keys, "list", "--json"]) == 0
+        fingerprint = signing_keys.listing(s.svc.engine)[0].fingerprint
+        wait_for(lambda: fingerprint in [k.label for k in s.svc.app.intake.keys.current])
+        s.emulator.apply_config({"webhook_secrets": [STORED_KEY]})
         # A delivery signed with something else, and one with a mangled signature header.
         body = json.dumps({"type": "event", "id": "wevt_bad", "data": {"type": "x", "id": "y"}})
         for signature in ("v1,AAAA", f"v1,{SIGNING_RAW}", "garbage"):
@@ -73,6 +92,8 @@ def test_secrets_never_appear_in_log_output(
         s.launch("end_turn", 2)
         s.settle(archived=2)
         wait_for(lambda: s.succeeded("log") >= 2, timeout=30)
+        assert cli.main([*keys, "retire", fingerprint, "--grace", "0s", "--force"]) == 0
+        wait_for(lambda: fingerprint not in [k.label for k in s.svc.app.intake.keys.current])
 
     out, err = capfd.readouterr()
     captured = out + err
@@ -84,5 +105,6 @@ def test_secrets_never_appear_in_log_output(
     assert any("request_id" in e for e in events if e.get("event") == "http.request")
     assert any("signature" in str(e).lower() for e in events), sorted(map(str, names))
     assert any(e.get("session_id") for e in events)
+    assert "webhook_keys.changed" in names
     for secret in SECRETS:
         assert secret not in captured, f"{secret[:12]}... leaked into the logs"

@@ -22,6 +22,7 @@ GROUPS = [
     "idlehook.cli.budget",
     "idlehook.cli.reap",
     "idlehook.cli.approvals",
+    "idlehook.cli.keys",
     "idlehook.cli.emulator",
 ]
 

@@ -178,19 +178,32 @@ def run_reconcile(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         render_reconcile(Console(), report)
-    return 1 if report.failed or report.alarm else 0
+    disabled = report.endpoint is not None and report.endpoint.state == "disabled"
+    return 1 if report.failed or report.alarm or disabled else 0
 
 
 async def _reconcile(settings: Settings, engine: Engine) -> SweepReport:
     async with wiring.api_client(settings) as client:
-        return await wiring.reconciler(settings, engine, client).sweep()
+        reconciler = wiring.reconciler(settings, engine, client)
+        try:
+            return await reconciler.sweep()
+        finally:
+            await reconciler.aclose()
 
 
 def render_reconcile(console: Console, report: SweepReport) -> None:
     console.print(
-        f"examined {report.examined} sessions, {report.changed} changed, "
-        f"{len(report.synthesised)} missed transitions delivered"
+        f"examined {report.examined} sessions, {report.changed} checked, "
+        f"{len(report.synthesised)} missed transitions delivered; "
+        f"{report.calls} API calls of {report.budget}"
+        + (f", {report.deferred} sessions left for the next sweep" if report.deferred else "")
     )
+    if report.endpoint is not None and report.endpoint.state == "disabled":
+        console.print(
+            f"[red]ALARM[/red]: the webhook endpoint is disabled "
+            f"({report.endpoint.reason or 'by a person'}); re-enable it in the Console",
+            highlight=False,
+        )
     for event_id in report.synthesised:
         console.print(f"  delivered {event_id}")
     for session_id in report.failed:

@@ -2,16 +2,20 @@
 
 idlehook worker [--drain]          claim and run handler runs until SIGTERM/SIGINT
 idlehook replay [--id N]... [--handler NAME] [--session ID]   re-run dead letters
-idlehook status [--json] [--dead N]   queue depth, runs by state, dead letters, sessions
+idlehook status [--json] [--dead N]   queue depth, runs by state, dead letters, sessions,
+                                      deliveries stored, the local journal
 """
 
 import argparse
 import asyncio
 import json
 import signal
+import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
@@ -19,9 +23,12 @@ from sqlalchemy.engine import Engine
 from idlehook import wiring
 from idlehook.settings import Settings
 from store import approvals
+from store.intake_counts import IntakeCounts, intake_counts
+from store.journal import JournalStats, scan_directory, store_key
 from store.models import utcnow
 from store.runs import QueueStatus, RunStore
 from store.sessions import unsaved_outcomes
+from store.watch import EndpointRecord, endpoint_record
 
 
 def register(subparsers: Any) -> None:
@@ -95,22 +102,104 @@ def status_dict(status: QueueStatus) -> dict[str, Any]:
 
 def run_status(args: argparse.Namespace) -> int:
     settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings)
+    # From files, first: while the store is down the journal is what there is to show.
+    journal = scan_directory(settings.journal_dir(), store_key(settings.database_url))
     try:
+        engine = wiring.open_engine(settings)
+    except sa.exc.SQLAlchemyError as exc:
+        return _store_down(args.json, settings.journal_dir(), journal, exc)
+    try:
+        intake = intake_counts(engine)
         status = RunStore(engine).status(dead_limit=args.dead)
         waiting = sum(approvals.count_pending_by_session(engine).values())
         unsaved, unsaved_ids = unsaved_outcomes(engine)
+        endpoint = endpoint_record(engine)
     finally:
         engine.dispose()
     if args.json:
         body = status_dict(status) | {
             "pending_approvals": waiting,
             "unsaved_outcomes": {"count": unsaved, "session_ids": unsaved_ids},
+            "deliveries": intake.as_dict(),
+            "journal": journal_dict(settings.journal_dir(), journal),
+            "webhook_endpoint": endpoint.as_dict() if endpoint is not None else None,
         }
         print(json.dumps(body, indent=2, sort_keys=True))
         return 0
-    render_status(status, Console(), pending_approvals=waiting, unsaved=(unsaved, unsaved_ids))
+    console = Console()
+    render_endpoint(endpoint, console)
+    render_intake(intake, journal, console)
+    render_status(status, console, pending_approvals=waiting, unsaved=(unsaved, unsaved_ids))
     return 0
+
+
+def journal_dict(path: Path, journal: JournalStats) -> dict[str, Any]:
+    oldest = journal.oldest_seconds(time.time())
+    return {
+        "path": str(path),
+        "depth": journal.depth,
+        "oldest_seconds": None if oldest is None else round(oldest, 1),
+        "bytes": journal.bytes,
+        "files": journal.files,
+        "orphaned_files": journal.orphaned,
+        "other_databases_files": journal.other_stores,
+    }
+
+
+def render_intake(intake: IntakeCounts | None, journal: JournalStats, console: Console) -> None:
+    """Deliveries stored and duplicates suppressed, and what waits in the local journal."""
+    if intake is not None:
+        console.print(
+            f"[bold]Deliveries stored:[/bold] {intake.stored} (duplicates suppressed: "
+            f"{intake.duplicates}); unrecognised bodies kept: {intake.unrecognised}",
+            highlight=False,
+        )
+    if not journal.depth:
+        console.print("[bold]Local journal:[/bold] empty")
+        return
+    oldest = journal.oldest_seconds(time.time())
+    age = f", oldest {oldest:.0f}s ago" if oldest is not None else ""
+    left = f", {journal.orphaned} file(s) left by a stopped receiver" if journal.orphaned else ""
+    console.print(
+        f"[yellow]Local journal:[/yellow] {journal.depth} deliveries acknowledged but not yet in "
+        f"the store{age}{left}; a running receiver moves them in once the store takes writes",
+        highlight=False,
+    )
+
+
+def _store_down(as_json: bool, path: Path, journal: JournalStats, exc: Exception) -> int:
+    reason = type(getattr(exc, "orig", None) or exc).__name__
+    if as_json:
+        body = {"store": {"error": reason}, "journal": journal_dict(path, journal)}
+        print(json.dumps(body, indent=2, sort_keys=True))
+    else:
+        console = Console()
+        console.print(f"[red]Store unavailable:[/red] {reason}", highlight=False)
+        render_intake(None, journal, console)
+    return 3
+
+
+def render_endpoint(endpoint: EndpointRecord | None, console: Console) -> None:
+    """The webhook endpoint's state as the reconciler last read it; red while disabled."""
+    if endpoint is None:
+        console.print(
+            "[bold]Webhook endpoint:[/bold] not read (set ANTHROPIC_ADMIN_KEY and "
+            "\\[reconcile] endpoint_url or endpoint_id)"
+        )
+        return
+    checked = endpoint.checked_at.isoformat(timespec="seconds")
+    if endpoint.state == "disabled":
+        console.print(
+            f"[red]Webhook endpoint: DISABLED[/red] ({endpoint.reason or 'by a person'}) since "
+            f"{endpoint.since.isoformat(timespec='seconds')}, read {checked}: Anthropic sends it "
+            "nothing and resends nothing; re-enable it in the Console (Manage > Webhooks)",
+            highlight=False,
+        )
+        return
+    detail = f" ({endpoint.reason})" if endpoint.reason else ""
+    console.print(
+        f"[bold]Webhook endpoint:[/bold] {endpoint.state}{detail}, read {checked}", highlight=False
+    )
 
 
 def render_status(

@@ -171,6 +171,17 @@ WRONG_TYPE = as_event(json.loads(BAD_BODY) | {"type": "message"})
 HUGE = b'{"pad": "' + b"x" * (300 * 1024) + b'"}'
 NOT_UTF8 = b'{"type": "event", "id": "\xff\xfe"}'
 
+# Signed by Anthropic, yet no envelope idlehook knows: kept raw and answered 2xx, never refused.
+ODD_BODIES = {
+    "non-JSON": b"hello",
+    "empty body": b"",
+    "non-UTF-8": NOT_UTF8,
+    "JSON array": b"[1,2]",
+    "JSON without data": NOT_AN_EVENT,
+    "JSON of wrong type": WRONG_TYPE,
+    "a Console test event": as_event({"type": "test", "message": "Hello from the Console"}),
+}
+
 NO_COMMA = "v1" + sign(KEY_A, "wevt_bad", int(NOW.timestamp()), BAD_BODY)[3:]
 OTHER_KEY = "whsec_" + "Q" * 44
 STALE, FUTURE = NOW - timedelta(minutes=6), NOW + timedelta(minutes=6)
@@ -218,13 +229,23 @@ BAD_INPUTS = [
     Bad("id changed", BAD_BODY, replace(webhook_id="wevt_other"), 401, "no_matching_signature"),
     Bad("stale timestamp", BAD_BODY, signed(BAD_BODY, at=STALE), 401, "stale_timestamp"),
     Bad("future timestamp", BAD_BODY, signed(BAD_BODY, at=FUTURE), 401, "future_timestamp"),
-    Bad("signed non-JSON", b"hello", signed(b"hello"), 400, "body_not_json"),
-    Bad("signed empty body", b"", signed(b""), 400, "body_not_json"),
     Bad("unsigned empty body", b"", {}, 401, "missing_signature_headers"),
-    Bad("signed non-UTF-8", NOT_UTF8, signed(NOT_UTF8), 400, "body_not_utf8"),
-    Bad("signed JSON array", b"[1,2]", signed(b"[1,2]"), 400, "body_not_object"),
-    Bad("JSON without data", NOT_AN_EVENT, signed(NOT_AN_EVENT), 400, "missing_data"),
-    Bad("JSON of wrong type", WRONG_TYPE, signed(WRONG_TYPE), 400, "not_an_event"),
+    # The odd bodies a signed delivery may carry (test_signed_odd_bodies_are_kept_raw_...),
+    # each unsigned or wrongly signed: refused, never kept.
+    *(
+        Bad(f"{name}, unsigned", body, {}, 401, "missing_signature_headers")
+        for name, body in ODD_BODIES.items()
+    ),
+    *(
+        Bad(
+            f"{name}, wrong secret",
+            body,
+            signed(body, secret=OTHER_KEY),
+            401,
+            "no_matching_signature",
+        )
+        for name, body in ODD_BODIES.items()
+    ),
     Bad("oversized, content-length", HUGE, signed(HUGE), 413, "body_too_large"),
     Bad("oversized, chunked", "chunked", signed(HUGE), 413, "body_too_large"),
     Bad(
@@ -256,6 +277,7 @@ def test_bad_input_is_refused_with_a_4xx_and_never_stored(receiver: Receiver) ->
     assert not failures, "\n".join(failures)
     assert receiver.count("deliveries") == 0
     assert receiver.count("handler_runs") == 0
+    assert receiver.count("unrecognised_deliveries") == 0
     rejections = [e for e in logs if e["event"] == "webhook.rejected"]
     webhook_posts = [b for b in BAD_INPUTS if b.path == WEBHOOK and b.method == "POST"]
     assert len(rejections) == len(webhook_posts)  # one line per rejection
@@ -267,13 +289,61 @@ def test_bad_input_is_refused_with_a_4xx_and_never_stored(receiver: Receiver) ->
 
 def test_rejections_are_counted_by_reason(receiver: Receiver) -> None:
     sig = {"reason": "stale_timestamp"}
-    rej = {"reason": "body_not_json", "status": "400"}
+    rej = {"reason": "stale_timestamp", "status": "401"}
+    not_json = {"reason": "body_not_json", "status": "400"}
+    kept = {"event_type": "unrecognised", "outcome": "unrecognised"}
     before = metric("idlehook_webhook_signature_failures_total", **sig)
     before_rej = metric("idlehook_webhook_rejections_total", **rej)
+    before_not_json = metric("idlehook_webhook_rejections_total", **not_json)
+    before_kept = metric("idlehook_webhook_deliveries_total", **kept)
     post(receiver, BAD_BODY, signed(BAD_BODY, at=NOW - timedelta(minutes=10)))
-    post(receiver, b"nope", signed(b"nope"))
+    post(receiver, b"nope", signed(b"nope", "msg_nope"))
     assert metric("idlehook_webhook_signature_failures_total", **sig) == before + 1
     assert metric("idlehook_webhook_rejections_total", **rej) == before_rej + 1
+    # Signed non-JSON is kept, not refused.
+    assert metric("idlehook_webhook_rejections_total", **not_json) == before_not_json
+    assert metric("idlehook_webhook_deliveries_total", **kept) == before_kept + 1
+
+
+def test_signed_odd_bodies_are_kept_raw_answered_2xx_and_never_routed(
+    receiver: Receiver,
+) -> None:
+    with httpx.Client(base_url=receiver.url, timeout=30) as client, capture_logs() as logs:
+        for n, body in enumerate(ODD_BODIES.values()):
+            response = client.post(WEBHOOK, content=body, headers=signed(body, f"msg_odd_{n}"))
+            assert (response.status_code, response.headers["idlehook-outcome"]) == (
+                204,
+                "unrecognised",
+            ), body
+        # Anthropic retries with the same webhook-id (re-stamped): kept once, counted.
+        body = ODD_BODIES["a Console test event"]
+        retry = signed(body, "msg_odd_6", secret=KEY_B, at=NOW - timedelta(seconds=20))
+        response = client.post(WEBHOOK, content=body, headers=retry)
+        assert (response.status_code, response.headers["idlehook-outcome"]) == (204, "duplicate")
+    kept = receiver.rows(
+        "SELECT message_id, reason, body, headers, secret_index, duplicates"
+        " FROM unrecognised_deliveries ORDER BY message_id"
+    )
+    assert [r["message_id"] for r in kept] == [f"msg_odd_{n}" for n in range(len(ODD_BODIES))]
+    assert [bytes(r["body"]) for r in kept] == list(ODD_BODIES.values())  # byte for byte
+    assert [r["reason"] for r in kept] == [
+        "body_not_json",
+        "body_not_json",
+        "body_not_utf8",
+        "body_not_object",
+        "missing_data",
+        "not_an_event",
+        "not_an_event",
+    ]
+    assert [r["duplicates"] for r in kept] == [0] * 6 + [1]
+    assert all(r["secret_index"] == 0 for r in kept)  # the first copy is what was kept
+    # Never a delivery, never work for a handler.
+    assert receiver.count("deliveries") == 0
+    assert receiver.count("handler_runs") == 0
+    # A line each, naming the message and why; never the body.
+    lines = [e for e in logs if e["event"] == "webhook.unrecognised"]
+    assert len(lines) == len(ODD_BODIES) + 1
+    assert "Hello from the Console" not in repr(logs)
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/metrics"])

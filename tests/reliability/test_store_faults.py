@@ -3,14 +3,13 @@
 PostgreSQL: a private cluster (initdb/pg_ctl in a temp dir, run as the `postgres` user) is
 stopped for real while deliveries flow, then started again; the receiver answers 503 while it
 is down, never 500, and recovers without a restart. SQLite: its disk fills up (a 1 MiB tmpfs);
-the receiver answers 503 and acknowledges nothing it did not store."""
+the receiver answers 503 and acknowledges nothing it did not store.
+
+These run with the local journal off (`[journal] enabled = false`): the store alone, and the
+503 it falls back to. With the journal on, the same faults are acknowledged instead
+(test_journal_faults.py)."""
 
 import contextlib
-import glob
-import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -19,93 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 
 from store.engine import make_engine, migrate
+from tests.reliability.conftest import Cluster
 from tests.reliability.support import (
     PATH,
     StoreView,
     base_env,
     event,
-    free_port,
     processes,
     signed,
     wait_for,
 )
-
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-@dataclass
-class Cluster:
-    root: Path
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def ctl(self, *args: str) -> None:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                f"{PG_BIN[-1]}/pg_ctl",
-                "-D",
-                str(self.root / "data"),
-                *args,
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.root} -c fsync=off -c listen_addresses=127.0.0.1"
-        self.ctl("-o", opts, "-l", str(self.root / "log"), "-w", "start")
-
-    def stop(self) -> None:
-        self.ctl("-m", "immediate", "-w", "stop")
-
-
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    if not PG_BIN or os.geteuid() != 0 or shutil.which("runuser") is None:
-        pytest.skip("needs root, runuser and PostgreSQL server binaries for a private cluster")
-    root = Path(tempfile.mkdtemp(prefix="idlehook-pg-"))
-    shutil.chown(root, "postgres")
-    os.chmod(root, 0o700)
-    try:
-        subprocess.run(
-            [
-                "runuser",
-                "-u",
-                "postgres",
-                "--",
-                f"{PG_BIN[-1]}/initdb",
-                "-D",
-                str(root / "data"),
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        c = Cluster(root, free_port())
-        c.start()
-        try:
-            yield c
-        finally:
-            with contextlib.suppress(subprocess.SubprocessError):
-                c.stop()
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @dataclass
@@ -157,7 +81,8 @@ def test_postgres_stopped_under_load_is_503_then_recovers_without_restart(
     store = StoreView(cluster.url)
     try:
         with processes(tmp_path) as procs:
-            receiver = procs.serve("receiver", base_env(tmp_path, cluster.url))
+            env = base_env(tmp_path, cluster.url, IDLEHOOK_JOURNAL__ENABLED="false")
+            receiver = procs.serve("receiver", env)
             with loading(str(receiver.url)) as load:
                 wait_for(lambda: len(load.acked) >= 20, timeout=30)
                 cluster.stop()
@@ -176,24 +101,6 @@ def test_postgres_stopped_under_load_is_503_then_recovers_without_restart(
         store.close()
 
 
-@pytest.fixture
-def tiny_disk() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="idlehook-full-"))
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)],
-        capture_output=True,
-        timeout=30,
-    )
-    if mounted.returncode != 0:
-        root.rmdir()
-        pytest.skip("cannot mount a tmpfs here: " + mounted.stderr.decode()[:200])
-    try:
-        yield root
-    finally:
-        subprocess.run(["umount", "-l", str(root)], capture_output=True, timeout=30)
-        shutil.rmtree(root, ignore_errors=True)
-
-
 def test_sqlite_disk_full_is_503_and_nothing_unstored_is_acknowledged(
     tiny_disk: Path, tmp_path: Path
 ) -> None:
@@ -204,7 +111,9 @@ def test_sqlite_disk_full_is_503_and_nothing_unstored_is_acknowledged(
     store = StoreView(url)
     try:
         with processes(tmp_path) as procs:
-            receiver = procs.serve("receiver", base_env(tmp_path, url))
+            receiver = procs.serve(
+                "receiver", base_env(tmp_path, url, IDLEHOOK_JOURNAL__ENABLED="false")
+            )
             statuses: Counter[int] = Counter()
             acked: list[str] = []
             pad = "x" * 8000  # kept in the stored body: fills the disk in ~100 deliveries
