@@ -30,20 +30,9 @@ def agent_snapshot(emu: Emulator, ref: dict[str, Any]) -> dict[str, Any]:
         raise NotFound(f"agent {ref['id']} has no version {version}")
     agent = record.versions[(version or len(record.versions)) - 1]
     snapshot = {
+        # A session's agent is a thread agent's fields plus its multiagent configuration.
         key: agent[key]
-        for key in (
-            "id",
-            "version",
-            "name",
-            "description",
-            "system",
-            "model",
-            "tools",
-            "mcp_servers",
-            "skills",
-            "multiagent",
-            "execution_identity",
-        )
+        for key in (*multiagent.THREAD_AGENT_FIELDS, "multiagent")
     }
     snapshot["type"] = "agent"
     snapshot["multiagent"] = multiagent.for_session(emu, snapshot["multiagent"])
