@@ -15,13 +15,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import httpx
 from sqlalchemy import func
 from sqlmodel import Session, col, select
@@ -323,3 +324,25 @@ def emulator(**config: Any) -> Iterator[tuple[Any, str]]:
 
     with on_loopback(SECRET, **{"rate_limits": {"enabled": False}, **config}) as running:
         yield running
+
+
+def launcher(api_url: str, name: str) -> Callable[[int], None]:
+    """`launch(n)`: n sessions that finish at once, started through the real SDK."""
+    client = anthropic.Anthropic(api_key="k", base_url=api_url, max_retries=2)
+    agent = client.beta.agents.create(name=name, model="claude-opus-4-7")
+    environment = client.beta.environments.create(
+        name=name, config={"type": "cloud", "networking": {"type": "limited"}}
+    )
+
+    def launch(n: int) -> None:
+        for _ in range(n):
+            client.beta.sessions.create(
+                agent=agent.id,
+                environment_id=environment.id,
+                metadata={"emulator_script": "end_turn"},
+                initial_events=[
+                    {"type": "user.message", "content": [{"type": "text", "text": "go"}]}
+                ],
+            )
+
+    return launch

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anthropic
 import httpx
 import pytest
 
@@ -35,6 +34,7 @@ from tests.reliability.support import (
     done_lines,
     emulator,
     event,
+    launcher,
     processes,
     signed,
     wait_for,
@@ -112,7 +112,7 @@ def test_store_down_under_emulator_load_every_delivery_is_acknowledged_and_handl
             )
             receiver = procs.serve("receiver", env, worker=True)
             emu.apply_config({"webhook_urls": [f"{receiver.url}{PATH}"]})
-            launch = launcher(api_url)
+            launch = launcher(api_url, "journal")
             launch(3)
             wait_for(lambda: len(idled(emu)) >= 3 and emu.sender.pending() == 0, timeout=30)
             fault.down()
@@ -258,27 +258,6 @@ class Sender:
                     return  # the receiver is gone
                 if answer.is_success:
                     self.acked.append(event_id)
-
-
-def launcher(api_url: str) -> Callable[[int], None]:
-    client = anthropic.Anthropic(api_key="k", base_url=api_url, max_retries=2)
-    agent = client.beta.agents.create(name="journal", model="claude-opus-4-7")
-    environment = client.beta.environments.create(
-        name="journal", config={"type": "cloud", "networking": {"type": "limited"}}
-    )
-
-    def launch(n: int) -> None:
-        for _ in range(n):
-            client.beta.sessions.create(
-                agent=agent.id,
-                environment_id=environment.id,
-                metadata={"emulator_script": "end_turn"},
-                initial_events=[
-                    {"type": "user.message", "content": [{"type": "text", "text": "go"}]}
-                ],
-            )
-
-    return launch
 
 
 def idled(emu: Any) -> list[str]:

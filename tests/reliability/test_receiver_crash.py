@@ -7,8 +7,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import anthropic
-
 from tests.reliability.support import (
     JOURNAL_ROUTES,
     PATH,
@@ -17,6 +15,7 @@ from tests.reliability.support import (
     done_lines,
     emulator,
     free_port,
+    launcher,
     processes,
     wait_for,
 )
@@ -49,22 +48,7 @@ def test_receiver_killed_under_load_loses_nothing_acknowledged_and_drains_once(
             port = free_port()
             receiver = procs.serve("receiver", env, port=port)
             emu.apply_config({"webhook_urls": [f"{receiver.url}{PATH}"]})
-            client = anthropic.Anthropic(api_key="k", base_url=api_url, max_retries=2)
-            agent = client.beta.agents.create(name="crash", model="claude-opus-4-7")
-            environment = client.beta.environments.create(
-                name="crash", config={"type": "cloud", "networking": {"type": "limited"}}
-            )
-
-            def launch(n: int) -> None:
-                for _ in range(n):
-                    client.beta.sessions.create(
-                        agent=agent.id,
-                        environment_id=environment.id,
-                        metadata={"emulator_script": "end_turn"},
-                        initial_events=[
-                            {"type": "user.message", "content": [{"type": "text", "text": "go"}]}
-                        ],
-                    )
+            launch = launcher(api_url, "crash")
 
             launch(SESSIONS // 2)
             wait_for(lambda: len(delivered(emu)) >= 4, timeout=20)
