@@ -30,7 +30,7 @@ LIMIT_PER_MIN = 300
 
 async def launch_all(settings: Settings, agent: str, env: str) -> float:
     engine = wiring.open_engine(settings)
-    async with wiring.api_client(settings) as client:
+    async with wiring.api_client(settings, engine) as client:
         launcher = wiring.launcher(settings, engine, client)
         requests = [
             LaunchRequest(agent=agent, environment=env, message=f"job {i}", idempotency_key=f"k{i}")

@@ -16,8 +16,8 @@ from bench.common import emulator_process, save
 from idlehook import wiring
 from idlehook.logs import configure_logging
 from idlehook.settings import ReaperSettings, Settings, env_value
+from store import sessions as tracked_sessions
 from store.models import utcnow
-from store.sessions import SessionStore, flag_values
 
 SESSIONS = int(str(env_value("BENCH_REAP_SESSIONS", "10000")))
 SPEED = float(str(env_value("BENCH_REAP_SPEED", "60")))
@@ -46,7 +46,7 @@ async def create_sessions(url: str) -> list[str]:
 
 async def reap(settings: Settings) -> tuple[float, int]:
     engine = wiring.open_engine(settings)
-    async with wiring.api_client(settings) as client:
+    async with wiring.api_client(settings, engine) as client:
         the_reaper = wiring.reaper(settings, engine, client, wiring.reap_policy(settings))
         began = time.perf_counter()
         report = await the_reaper.run()
@@ -78,10 +78,7 @@ def main() -> None:
         now = utcnow()
         with engine.begin() as conn:  # results saved: the reaper may delete these
             for sid in ours:
-                values = flag_values(
-                    now, result_captured=True, transcript_saved=True, deleted=False
-                )
-                SessionStore._upsert(conn, sid, values, now)
+                tracked_sessions.mark(conn, sid, now, result_captured=True, transcript_saved=True)
         engine.dispose()
         time.sleep(2)  # every session idle for a while, on the emulated clock too
         httpx.put(url + "/_emulator/config", json={"rate_limits": {"enabled": True}})

@@ -62,7 +62,7 @@ async def launch(url: str) -> tuple[list[str], list[str]]:
 async def reap(settings: Settings) -> tuple[float, Any]:
     engine = wiring.open_engine(settings)
     try:
-        async with wiring.api_client(settings) as client:
+        async with wiring.api_client(settings, engine) as client:
             policy = wiring.reap_policy(settings)
             archive = wiring.archiver(settings, engine, client)
             the_reaper = wiring.reaper(settings, engine, client, policy, archive)

@@ -4,33 +4,45 @@ Imports nothing of `idlehook` at runtime: `idlehook/__init__.py` re-exports this
 
 A handler succeeds by returning. Raising retries the run with backoff; raising `PermanentError`
 dead-letters it at once. Plugins import these names from `idlehook`, never from here.
+
+What a handler is handed holds no secret of idlehook's: its own `[plugins.<name>]` table reaches
+its constructor (handlers/registry.py), and `ctx.config` is `SharedConfig`, the few facts every
+plugin may read. The one exception is `ctx.client`, which must hold the API key to make calls
+(tests/handlers/test_no_secrets.py walks a context to prove it).
 """
 
 import asyncio
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import anthropic
 from anthropic import AsyncAnthropic
-from anthropic.types.beta import BetaManagedAgentsSession
+from anthropic.types.beta import BetaFileMetadata, BetaManagedAgentsSession
+from anthropic.types.beta.sessions import BetaManagedAgentsSessionEvent
 from structlog.typing import FilteringBoundLogger
 
+from handlers.billing import Pricing
 from handlers.errors import PermanentError
-from handlers.result import Interruption, SessionResult, build_result
-
-if TYPE_CHECKING:
-    from idlehook.settings import Settings
+from handlers.reads import DeliveryReads, SessionRead, read_transcript
+from handlers.result import Interruption, SessionResult, as_dict, build_result
 
 __all__ = [
+    "BetaFileMetadata",
+    "BetaManagedAgentsSessionEvent",
     "Handler",
     "HandlerContext",
     "Notification",
     "PermanentError",
+    "PluginConfigError",
+    "Pricing",
     "PriorRun",
     "SessionMarker",
     "SessionResult",
+    "SharedConfig",
 ]
 
 
@@ -54,6 +66,29 @@ class PriorRun:
 
     handler: str
     state: str
+    # The handler says it only reads the session (`reads_only = True` on its class): it never
+    # wakes it, so what was read before it ran still holds after it (handlers/builtin/delete.py).
+    reads_only: bool = False
+
+
+class PluginConfigError(ValueError):
+    """A plugin's `[plugins.<name>]` table does not fit it (raised at startup); the message names
+    the plugin and each field, never a value."""
+
+
+@dataclass(frozen=True)
+class SharedConfig:
+    """`ctx.config`: what idlehook's configuration tells every plugin, and nothing secret.
+
+    A plugin's own settings are its `[plugins.<name>]` table, given to its constructor; this is
+    only what is the same for all of them."""
+
+    # Where the archive plugin writes `<session_id>/` folders (`results_dir`).
+    results_dir: Path = Path("idlehook-data/results")
+    # How sessions are priced (`billing_model`, `runtime_usd_per_hour`): `ctx.result()` uses it.
+    pricing: Pricing = field(default_factory=Pricing)
+    # This instance's name, stamped as metadata `idlehook_owner` on the sessions it launches.
+    owner: str = "idlehook"
 
 
 class SessionMarker(Protocol):
@@ -72,7 +107,11 @@ class SessionMarker(Protocol):
 
 @runtime_checkable
 class Handler(Protocol):
-    """A plugin: a name (the entry-point name and the one routes use) and an async `handle`."""
+    """A plugin: a name (the entry-point name and the one routes use) and an async `handle`.
+
+    Loaded from an entry point, a class with a `Config` class attribute (a pydantic model) is
+    built as `Plugin(config)`, its `[plugins.<name>]` table validated against `Config` at
+    startup; one without `Config` is built as `Plugin()` and may have no table."""
 
     name: str
 
@@ -87,29 +126,26 @@ async def _no_interruption(session_id: str) -> Interruption | None:
     return None
 
 
+async def _never_woken(event: "Notification", since: datetime, seen: frozenset[str]) -> bool:
+    return False
+
+
 # Reads idlehook's own record of having interrupted a session (the store, behind a thread).
 InterruptionReader = Callable[[str], Awaitable[Interruption | None]]
-
-
-class DeliveryReads:
-    """What one delivery's handlers read of its session, fetched once and shared by them.
-
-    A delivery's handlers run one after another in its lane, all about one transition: archive
-    and forward want the same transcript, and the second need not ask the API (or parse every
-    event) again. The live session is never shared: `ctx.session()` is fetched by each run, so
-    a handler deciding on the session's state now (delete: running again?) sees it now.
-    """
-
-    def __init__(self) -> None:
-        self.events: list[Any] | None = None
-        self.files: list[Any] | None = None
-        self.result: SessionResult | None = None
+# Whether idlehook's own records say the notification's session was (or may have been) woken
+# after it was read at a time, whose transcript then held the `seen` event ids: a follow-up sent,
+# a run start notified (handlers/wakes.py). No API call.
+WakeReader = Callable[["Notification", datetime, frozenset[str]], Awaitable[bool]]
 
 
 class HandlerContext:
-    """What a handler gets: the notification, the API client, a logger, the clock, settings, and
-    lazy, cached views of the session: `session()` fetched at most once per run; `events()`,
-    `files()` and `result()` at most once per delivery in a worker, shared by its handlers."""
+    """What a handler gets: the notification, the API client, a logger, the clock, the shared
+    config (`SharedConfig`, nothing secret), and lazy, cached views of the session. `session()`,
+    `events()`, `files()` and `result()` are read at most once per delivery in a worker and
+    shared by its routing step and handlers (the routing step usually has read the session and
+    its transcript already): they show the session as it was at `shared_read().at`, not
+    necessarily now. A handler that must decide on the state
+    right now (delete: running again?) reads it itself when that read is too old."""
 
     def __init__(
         self,
@@ -118,26 +154,27 @@ class HandlerContext:
         client: AsyncAnthropic,
         log: FilteringBoundLogger,
         now: Callable[[], datetime],
-        settings: "Settings",
+        config: SharedConfig | None = None,
         handler: str,
         attempt: int = 1,
         prior_runs: Sequence[PriorRun] = (),
         mark: SessionMarker | Callable[..., Awaitable[None]] = _no_mark,
         reads: DeliveryReads | None = None,
         interruption: InterruptionReader = _no_interruption,
+        woken: WakeReader = _never_woken,
     ) -> None:
         self.event = event
         self.client = client
         self.log = log
         self.now = now
-        self.settings = settings
+        self.config = config if config is not None else SharedConfig()
         self.handler = handler
         self.attempt = attempt
         self.prior_runs = tuple(prior_runs)
         self._mark = mark
-        self._session: BetaManagedAgentsSession | None = None
         self._reads = reads if reads is not None else DeliveryReads()
         self._interruption = interruption
+        self._woken = woken
         self._lock = asyncio.Lock()
 
     @property
@@ -147,19 +184,23 @@ class HandlerContext:
         return self.event.session_id
 
     async def session(self) -> BetaManagedAgentsSession:
-        if self._session is None:
-            self._session = await self.client.beta.sessions.retrieve(self.session_id)
-        return self._session
+        """The session as this delivery read it (fetched now if nothing read it yet)."""
+        reads = self._reads
+        if reads.session is None:
+            reads.started(self.now())
+            reads.session = await self.client.beta.sessions.retrieve(self.session_id)
+        return reads.session
 
-    async def events(self) -> list[Any]:
-        """Every event of the session, in order, following every page."""
+    async def events(self) -> list[BetaManagedAgentsSessionEvent]:
+        """Every event of the session, in order, following every page (the SDK's union: narrow
+        on `event.type`)."""
         reads = self._reads
         if reads.events is None:
-            pages = self.client.beta.sessions.events.list(self.session_id)
-            reads.events = [event async for event in pages]
+            reads.started(self.now())
+            reads.events = await read_transcript(self.client, self.session_id)
         return reads.events
 
-    async def files(self) -> list[Any]:
+    async def files(self) -> list[BetaFileMetadata]:
         """Files the session produced; none when the files API has nothing (or 404s)."""
         reads = self._reads
         if reads.files is None:
@@ -170,7 +211,9 @@ class HandlerContext:
                 reads.files = []
         return reads.files
 
-    async def result(self) -> SessionResult:
+    async def result(self, *, files: bool = False) -> SessionResult:
+        """The session's result. Its `files` are listed (one more call) only when asked for;
+        otherwise they are None, "not listed", unless this delivery listed them already."""
         async with self._lock:
             reads = self._reads
             if reads.result is None:
@@ -178,11 +221,45 @@ class HandlerContext:
                 reads.result = build_result(
                     session,
                     await self.events(),
-                    await self.files(),
-                    pricing=self.settings.pricing(),
+                    reads.files,
+                    pricing=self.config.pricing,
                     interruption=await self._interruption(session.id),
                 )
+            if files and reads.result.files is None:
+                listed = [as_dict(f) for f in await self.files()]
+                reads.result = reads.result.model_copy(update={"files": listed})
             return reads.result
+
+    def shared_read(self) -> SessionRead | None:
+        """What this delivery has read of the session so far, and when; None: nothing yet."""
+        return self._reads.snapshot()
+
+    async def woken_since(self, at: datetime) -> bool:
+        """Whether idlehook's own records (no API call) say the session was, or may have been,
+        woken since this delivery read it at `at`: a follow-up it sent that the transcript read
+        does not hold yet, a run start notified after this notification."""
+        events = self._reads.events or []
+        seen = frozenset(str(e.id) for e in events if getattr(e, "id", None) is not None)
+        return await self._woken(self.event, at, seen)
+
+    async def record_saved(self, result: SessionResult | None = None) -> None:
+        """Tell idlehook this session's result and transcript, as they are now, are saved
+        durably by this handler (written, sent, stored), and so safe to lose with the session.
+
+        It records the time on the tracked session (`result_captured_at`, `transcript_saved_at`)
+        and, given `result` (`await ctx.result()`), its facts (status, stop reason, cost). The
+        reaper deletes an idle session it launched only once a save is recorded at or after the
+        session's latest transition; until then it counts the session as an unsaved outcome and
+        archives it itself first (`[reaper] archive_before_delete`) or leaves it. Call it after
+        the save, never before: a crash in between must leave the session unsaved."""
+        await self._mark(
+            self.session_id, result_captured=True, transcript_saved=True, result=result
+        )
+
+    async def record_deleted(self) -> None:
+        """Tell idlehook the session is gone (deleted through `ctx.client`, or found gone):
+        later notifications about it run no handler."""
+        await self._mark(self.session_id, deleted=True)
 
     async def mark_session(
         self,
@@ -192,7 +269,12 @@ class HandlerContext:
         deleted: bool = False,
         result: SessionResult | None = None,
     ) -> None:
-        """Record on the tracked session what this handler did (and the result's facts)."""
+        """Deprecated: use `record_saved` or `record_deleted`; removed in the next release."""
+        warnings.warn(
+            "HandlerContext.mark_session is deprecated: use record_saved() or record_deleted()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         await self._mark(
             self.session_id,
             result_captured=result_captured,

@@ -7,10 +7,11 @@ the archive plugin when it saves a session itself.
 import asyncio
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 from handlers.api import InterruptionReader, SessionMarker
 from handlers.result import Interruption, SessionResult
-from store.sessions import SessionStore, SessionUpdate, flag_values
+from store.sessions import SessionStore, SessionUpdate
 
 
 def session_marker(sessions: SessionStore, now: Callable[[], datetime]) -> SessionMarker:
@@ -23,28 +24,38 @@ def session_marker(sessions: SessionStore, now: Callable[[], datetime]) -> Sessi
         result: SessionResult | None = None,
     ) -> None:
         at = now()
-        extra = flag_values(
-            at, result_captured=result_captured, transcript_saved=transcript_saved, deleted=deleted
-        )
-        update = SessionUpdate(extra=extra)
-        if result is not None:
-            update = SessionUpdate(
-                status=result.status,
-                stop_reason=result.stop_reason,
-                agent_id=result.agent_id,
-                agent_version=result.agent_version,
-                deployment_id=result.deployment_id,
-                title=result.title,
-                metadata=result.metadata,
-                created_at=result.created_at,
-                active_seconds=result.active_seconds,
-                cost_usd=result.cost_usd,
-                token_usd=result.token_usd,
-                extra=extra,
+        seen = _seen(result) if result is not None else None
+        await asyncio.to_thread(
+            partial(
+                sessions.mark,
+                session_id,
+                at,
+                result_captured=result_captured,
+                transcript_saved=transcript_saved,
+                deleted=deleted,
+                seen=seen,
             )
-        await asyncio.to_thread(sessions.record, session_id, update, at)
+        )
 
     return mark
+
+
+def _seen(result: SessionResult) -> SessionUpdate:
+    """The session's facts as the handler's result holds them (read from the API's session by
+    handlers.result.build_result, and priced there)."""
+    return SessionUpdate(
+        status=result.status,
+        stop_reason=result.stop_reason,
+        agent_id=result.agent_id,
+        agent_version=result.agent_version,
+        deployment_id=result.deployment_id,
+        title=result.title,
+        metadata=result.metadata,
+        created_at=result.created_at,
+        active_seconds=result.active_seconds,
+        cost_usd=result.cost_usd,
+        token_usd=result.token_usd,
+    )
 
 
 def interruption_reader(sessions: SessionStore) -> InterruptionReader:

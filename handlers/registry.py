@@ -1,14 +1,64 @@
-"""The handlers this process may run: entry-point discovery with an allowlist, or instances."""
+"""The handlers this process may run: entry-point discovery with an allowlist, or instances.
 
-from collections.abc import Collection, Iterable
+A plugin's own configuration is its `[plugins.<name>]` table. The class an entry point names
+may declare `Config`, a pydantic model: the table is validated against it here, at startup, and
+the plugin built as `Plugin(config)`. A class without `Config` is built as `Plugin()`, and a
+table for it is an error (it would be silently ignored). The built-in plugins come through the
+same door: wiring turns their older sections (`[archive]`, `[forward]`, ...) into their tables.
+"""
+
+from collections.abc import Collection, Iterable, Mapping
 from importlib.metadata import entry_points
+from typing import Any
 
 import structlog
+from pydantic import BaseModel, ValidationError
 
-from handlers.api import Handler
+from handlers.api import Handler, PluginConfigError
 
 ENTRY_POINT_GROUP = "idlehook.handlers"
 log = structlog.get_logger(__name__)
+
+
+def config_model(plugin: type[Any]) -> type[BaseModel] | None:
+    """The plugin class's `Config` model, or None when it takes no configuration."""
+    model = getattr(plugin, "Config", None)
+    if model is None:
+        return None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise PluginConfigError(f"plugin {plugin!r}: `Config` must be a pydantic BaseModel class")
+    return model
+
+
+def build(plugin: type[Any], name: str, table: Mapping[str, Any] | None) -> Handler:
+    """`plugin` built with its table validated against its `Config` (see the module docstring)."""
+    model = config_model(plugin)
+    if model is None:
+        if table:
+            raise PluginConfigError(
+                f"plugin {name!r} takes no configuration, but [plugins.{name}] sets "
+                f"{', '.join(sorted(table))}"
+            )
+        handler = plugin()
+    else:
+        try:
+            config = model.model_validate(dict(table or {}))
+        except ValidationError as exc:
+            raise PluginConfigError(_explain(name, exc)) from None
+        handler = plugin(config)
+    if not isinstance(handler, Handler):
+        raise PluginConfigError(f"plugin {name!r}: {plugin!r} is not a handler (`name`, `handle`)")
+    if handler.name != name:
+        raise PluginConfigError(f"entry point {name!r} loads a handler named {handler.name!r}")
+    return handler
+
+
+def _explain(name: str, exc: ValidationError) -> str:
+    # Inputs are left out: a table may hold the plugin's own secrets.
+    problems = "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '(table)'}: {e['msg']}" for e in exc.errors()
+    )
+    return f"plugin {name!r}: [plugins.{name}] {problems}"
 
 
 class Registry:
@@ -22,16 +72,20 @@ class Registry:
             self._by_name[handler.name] = handler
 
     @classmethod
-    def discover(cls, allow: Collection[str] | None = None) -> "Registry":
-        """Load the `idlehook.handlers` entry points; only those in `allow` when it is given."""
+    def discover(
+        cls,
+        allow: Collection[str] | None = None,
+        tables: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> "Registry":
+        """Load the `idlehook.handlers` entry points (only those in `allow` when it is given),
+        each built with its table from `tables`. Raises PluginConfigError on a table that does
+        not fit its plugin."""
+        tables = tables or {}
         loaded: list[Handler] = []
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             if allow is not None and ep.name not in allow:
                 continue
-            handler = ep.load()()
-            if handler.name != ep.name:
-                raise ValueError(f"entry point {ep.name!r} loads a handler named {handler.name!r}")
-            loaded.append(handler)
+            loaded.append(build(ep.load(), ep.name, tables.get(ep.name)))
         registry = cls(loaded)
         missing = set(allow or ()) - set(registry.names())
         if missing:

@@ -45,10 +45,17 @@ class SessionResult(BaseModel):
     active_seconds: float | None = None  # billed runtime (usage.active_seconds)
     duration_seconds: float | None = None
     outcome_evaluations: list[dict[str, Any]] = Field(default_factory=list)
-    files: list[dict[str, Any]] = Field(default_factory=list)
+    # The files the session produced; None: not listed (listing costs a call: `[archive]
+    # list_files`), which says nothing about whether it produced any.
+    files: list[dict[str, Any]] | None = None
     event_count: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None
+
+
+def as_dict(item: Any) -> dict[str, Any]:
+    """An SDK model (or a plain mapping) as JSON-ready values."""
+    return dict(item.to_dict(mode="json")) if hasattr(item, "to_dict") else dict(item)
 
 
 def _attr(obj: Any, name: str) -> Any:
@@ -112,14 +119,12 @@ def run_outcome(
 def build_result(
     session: BetaManagedAgentsSession,
     events: Sequence[Any],
-    files: Sequence[Any],
+    files: Sequence[Any] | None = None,
     *,
     pricing: Pricing | None = None,
     interruption: Interruption | None = None,
 ) -> SessionResult:
-    def as_dict(item: Any) -> dict[str, Any]:
-        return dict(item.to_dict(mode="json")) if hasattr(item, "to_dict") else dict(item)
-
+    """`files` None: not listed, and the result says so (None, not an empty list)."""
     agent = session.agent
     cost = session_cost(session, pricing or Pricing())
     outcome, interrupted_by, interrupt_reason = run_outcome(session.status, events, interruption)
@@ -144,7 +149,7 @@ def build_result(
         active_seconds=session.usage.active_seconds,
         duration_seconds=session.stats.duration_seconds if session.stats else None,
         outcome_evaluations=[as_dict(o) for o in session.outcome_evaluations or []],
-        files=[as_dict(f) for f in files],
+        files=None if files is None else [as_dict(f) for f in files],
         event_count=len(events),
         created_at=session.created_at,
         updated_at=session.updated_at,

@@ -1,5 +1,11 @@
 """The routing step (`_route` runs): gather session facts if a rule needs them, record them on
-the tracked session, and decide the handlers. The decision itself is `router.route` (pure)."""
+the tracked session, and decide the handlers. The decision itself is `router.route` (pure).
+
+A transition no rule wants costs no API call. One a rule wants costs two: the session, and, when
+it is idle, its whole transcript (one page for an ordinary session), from which the latest stop
+reason is read. Both are left in the delivery's shared reads (handlers.reads) for its handlers,
+so archiving, logging and forwarding that transition read nothing more.
+"""
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,6 +17,8 @@ from anthropic.types.beta import BetaManagedAgentsSession
 
 from handlers.billing import Pricing, session_cost
 from handlers.events import DELETED_TYPES, implied_status, is_session_event
+from handlers.reads import DeliveryReads, read_transcript
+from handlers.result import latest_stop_reason
 from handlers.router import RouteDecision, SessionFacts, needs_session, route
 from idlehook.settings import RouteRule
 from store.runs import DeliveryView
@@ -24,16 +32,6 @@ class RoutingOutcome:
     update: SessionUpdate | None  # None: not about a session, nothing to record
     fetched: bool
     session_gone: bool = False
-
-
-async def latest_stop_reason(client: AsyncAnthropic, session_id: str) -> str | None:
-    page = await client.beta.sessions.events.list(
-        session_id, types=["session.status_idle"], order="desc", limit=1
-    )
-    for event in page.data:
-        reason = getattr(event, "stop_reason", None)
-        return str(reason.type) if reason is not None else None
-    return None
 
 
 def _facts(session: BetaManagedAgentsSession, stop_reason: str | None) -> SessionFacts:
@@ -53,23 +51,14 @@ def _update(
     pricing: Pricing,
     decision: RouteDecision,
 ) -> SessionUpdate:
-    keep = decision.idle_for_seconds
     cost = session_cost(session, pricing, now=now)
-    return SessionUpdate(
-        status=session.status,
+    return SessionUpdate.from_api(
+        session,
         stop_reason=stop_reason,
-        agent_id=session.agent.id if session.agent is not None else None,
-        agent_version=session.agent.version if session.agent is not None else None,
-        environment_id=session.environment_id,
-        deployment_id=session.deployment_id,
-        title=session.title,
-        metadata=dict(session.metadata or {}),
-        created_at=session.created_at,
-        active_seconds=session.usage.active_seconds,
         cost_usd=cost.total_usd,
         token_usd=cost.token_usd,
         webhook_at=now,
-        extra={"idle_for_seconds": keep} if keep is not None else {},
+        idle_for_seconds=decision.idle_for_seconds,
     )
 
 
@@ -79,8 +68,11 @@ async def route_delivery(
     client: AsyncAnthropic,
     now: datetime,
     pricing: Pricing | None = None,
+    reads: DeliveryReads | None = None,
 ) -> RoutingOutcome:
-    """API errors other than a 404 propagate: the routing run is retried like any other."""
+    """API errors other than a 404 propagate: the routing run is retried like any other.
+
+    What is read goes into `reads` (the delivery's, shared with its handlers), read at `now`."""
     event_type = delivery.event_type
     session_id = delivery.session_id if is_session_event(event_type) else None
     if session_id is None:
@@ -88,17 +80,24 @@ async def route_delivery(
     thin = SessionUpdate(status=implied_status(event_type), webhook_at=now)
     # After `*.deleted` there is nothing left to fetch.
     if event_type in DELETED_TYPES or not needs_session(rules, event_type):
-        extra = {"deleted_at": now} if event_type in DELETED_TYPES else {}
-        thin = SessionUpdate(status=thin.status, webhook_at=now, extra=extra)
+        deleted = now if event_type in DELETED_TYPES else None
+        thin = SessionUpdate(status=thin.status, webhook_at=now, deleted_at=deleted)
         return RoutingOutcome(route(rules, event_type, None), None, thin, fetched=False)
+    reads = reads if reads is not None else DeliveryReads()
     try:
-        session = await client.beta.sessions.retrieve(session_id)
+        reads.started(now)
+        session = reads.session = await client.beta.sessions.retrieve(session_id)
     except anthropic.NotFoundError:
-        gone = SessionUpdate(webhook_at=now, extra={"deleted_at": now})
+        gone = SessionUpdate(webhook_at=now, deleted_at=now)
         return RoutingOutcome(
             route(rules, event_type, None), None, gone, fetched=True, session_gone=True
         )
-    stop_reason = await latest_stop_reason(client, session_id) if session.status == "idle" else None
+    stop_reason = None
+    # Only an idle session has a stop reason to route on; a stale idle (running again) routes
+    # nowhere, and a handler of a terminated one reads the transcript if it needs it.
+    if session.status == "idle":
+        reads.events = await read_transcript(client, session_id)
+        stop_reason = latest_stop_reason(reads.events)
     facts = _facts(session, stop_reason)
     decision = route(rules, event_type, facts)
     update = _update(session, stop_reason, now, pricing or Pricing(), decision)

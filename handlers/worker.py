@@ -20,12 +20,16 @@ import structlog
 from anthropic import AsyncAnthropic
 
 from handlers import metrics
-from handlers.api import DeliveryReads, HandlerContext, Notification, PriorRun
+from handlers.api import HandlerContext, Notification, PriorRun
 from handlers.events import DELETED_TYPES, is_known
 from handlers.marking import interruption_reader, session_marker
+from handlers.plugin_config import shared_config
+from handlers.reads import DeliveryReads
 from handlers.registry import Registry
 from handlers.retry import PermanentError, next_attempt
+from handlers.router import candidate_rules
 from handlers.routing import route_delivery
+from handlers.wakes import wake_reader
 from idlehook.logs import redact_secrets
 from idlehook.settings import Settings
 from sessions.reconciler import late_duplicate
@@ -88,6 +92,8 @@ class Worker:
         self.worker_id = worker_id or default_worker_id()
         self._mark = session_marker(self.sessions, now)
         self._interruption = interruption_reader(self.sessions)
+        self._woken = wake_reader(store.engine)
+        self._shared = shared_config(settings)
         self.lease = timedelta(seconds=settings.worker.lease_seconds)
         self._stopping = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -262,7 +268,9 @@ class Worker:
                 session_id=delivery.session_id,
             )
             return []
-        if await late_duplicate(
+        # A transition no rule wants runs nothing either way: no call to tell twins apart.
+        wanted = bool(candidate_rules(self.settings.routes, delivery.event_type))
+        if wanted and await late_duplicate(
             self.client,
             self.store.engine,
             session_id=delivery.session_id,
@@ -277,7 +285,13 @@ class Worker:
             bound.info("notification.late_duplicate", event_id=delivery.event_id)
             return []
         outcome = await route_delivery(
-            delivery, self.settings.routes, self.client, self.now(), self.settings.pricing()
+            delivery,
+            self.settings.routes,
+            self.client,
+            self.now(),
+            self.settings.pricing(),
+            # Read afresh on every routing attempt; its handlers share what it read.
+            reads=self._reads_for(delivery.id, fresh=True),
         )
         if outcome.update is not None and delivery.session_id is not None:
             await asyncio.to_thread(
@@ -303,14 +317,15 @@ class Worker:
         )
         return list(outcome.decision.handlers)
 
-    def _reads_for(self, delivery_id: int) -> DeliveryReads:
-        """The reads this delivery's earlier handlers made here, if recent; else new ones.
+    def _reads_for(self, delivery_id: int, fresh: bool = False) -> DeliveryReads:
+        """The reads this delivery's routing and earlier handlers made here, if recent; else
+        new ones (always new with `fresh`).
 
         Bounded in number and age: a retry minutes later reads afresh, and a worker holds the
         transcripts of a few deliveries at a time, not of every session it has seen."""
         now = time.monotonic()
         made, reads = self._reads.pop(delivery_id, (now, DeliveryReads()))
-        if now - made >= READS_TTL_SECONDS:
+        if fresh or now - made >= READS_TTL_SECONDS:
             made, reads = now, DeliveryReads()
         self._reads[delivery_id] = (made, reads)
         while len(self._reads) > READS_KEPT:
@@ -328,13 +343,17 @@ class Worker:
             client=self.client,
             log=bound.bind(event_id=delivery.event_id, session_id=delivery.session_id),
             now=self.now,
-            settings=self.settings,
+            config=self._shared,  # never Settings: plugins see nothing secret of idlehook's
             handler=run.handler,
             attempt=run.attempts,
-            prior_runs=[PriorRun(handler=p.handler, state=p.state) for p in prior],
+            prior_runs=[
+                PriorRun(handler=p.handler, state=p.state, reads_only=self._reads_only(p.handler))
+                for p in prior
+            ],
             mark=self._mark,
             reads=self._reads_for(run.delivery_id),
             interruption=self._interruption,
+            woken=self._woken,
         )
         try:
             await handler.handle(ctx)
@@ -343,6 +362,12 @@ class Worker:
                 raise
             # Deleted since routing (the reaper, or an earlier delete run): nothing left to do.
             bound.info("run.session_deleted", session_id=delivery.session_id)
+
+    def _reads_only(self, name: str) -> bool:
+        """Whether the run named `name` never acts on the session (the routing step only reads)."""
+        if name == ROUTE_HANDLER:
+            return True
+        return bool(getattr(self.registry.get(name), "reads_only", False))
 
     async def _deleted(self, session_id: str | None) -> bool:
         """Whether the tracked session is recorded as deleted."""

@@ -97,6 +97,19 @@ class WorkerSettings(_Section):
     max_attempts: int = Field(default=6, ge=1)
     backoff_base_seconds: float = Field(default=2.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
+    # The delete plugin reuses its delivery's own read of the session (the routing step's, a
+    # moment before) for its "ran again since?" check while that read is younger than this,
+    # instead of reading the session again (two calls). The window in which a session woken
+    # through the API by someone other than idlehook could still be deleted; 0: always re-read.
+    reuse_reads_seconds: float = Field(default=10.0, ge=0)
+
+
+class ArchiveSettings(_Section):
+    """`[archive]`: what the archive plugin writes (and forward sends) besides the transcript."""
+
+    # List the files the session produced into result.json (one more API call per result).
+    # Off: result.json says `"files": null` (not listed), never an empty list.
+    list_files: bool = False
 
 
 class ForwardSettings(_Section):
@@ -302,6 +315,49 @@ class LaunchSettings(_Section):
         return value
 
 
+class RetentionSettings(_Section):
+    """`[retention]`: how long finished history is kept (store/retention.py), each kind by its
+    own age; "never" keeps it. Nothing unfinished is deleted, nor a delivery's event id within
+    24 h (retried webhooks are de-duplicated by it), nor what a session's state is read from."""
+
+    deliveries: str = "30d"  # raw bodies, once every run of them is gone
+    runs: str = "30d"  # succeeded handler runs, counted from when they finished
+    dead_runs: str = "90d"  # dead letters: replayable (`idlehook replay`) until then
+    unrecognised: str = "30d"  # signed bodies of no known shape
+    launches: str = "30d"  # created or failed (an idempotency key is remembered this long)
+    follow_ups: str = "30d"  # sent ones (likewise their idempotency keys)
+    tool_calls: str = "30d"  # results the API took
+    approvals: str = "30d"  # decisions the API took
+    audit: str = "365d"  # the reaper's actions
+    sessions: str = "30d"  # tracked sessions deleted this long ago
+    # The sweep inside `serve` (with its worker), every this many seconds; None: only
+    # `idlehook db prune` (from cron, say).
+    interval_seconds: float | None = Field(default=3600.0, gt=0)
+    # Rows a transaction: SQLite's write lock (the inbox's) is held one batch at a time.
+    batch_size: int = Field(default=5000, ge=100, le=50_000)
+
+    @field_validator(
+        "deliveries",
+        "runs",
+        "dead_runs",
+        "unrecognised",
+        "launches",
+        "follow_ups",
+        "tool_calls",
+        "approvals",
+        "audit",
+        "sessions",
+    )
+    @classmethod
+    def _age(cls, value: str) -> str:
+        from sessions.durations import parse_duration
+        from store.retention import FLOOR
+
+        if value.strip().lower() != "never" and parse_duration(value) < FLOOR:
+            raise ValueError(f"{value!r} is under the 24h floor (retried webhooks need it)")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IDLEHOOK_",
@@ -364,6 +420,7 @@ class Settings(BaseSettings):
 
     routes: list[RouteRule] = Field(default_factory=default_routes)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    archive: ArchiveSettings = Field(default_factory=ArchiveSettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
@@ -372,6 +429,10 @@ class Settings(BaseSettings):
     launch: LaunchSettings = Field(default_factory=LaunchSettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    # `[plugins.<name>]`: each installed plugin's own table, validated by its `Config` model at
+    # startup (handlers/registry.py) and given to it alone; the built-ins keep their sections.
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     # The API's rate limits (requests per minute), shared by every worker through the store.
     create_rpm: int = Field(default=300, ge=1)

@@ -20,16 +20,17 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from handlers.api import HandlerContext, Notification
-from handlers.builtin.answer import AnswerHandler
-from handlers.builtin.archive import ArchiveHandler
+from handlers.builtin.answer import AnswerConfig, AnswerHandler
+from handlers.builtin.archive import ArchiveConfig, ArchiveHandler
 from handlers.marking import interruption_reader, session_marker
+from handlers.plugin_config import builtin_tables, plugin_tables, shared_config
 from handlers.registry import Registry
 from handlers.tools import confirm
 from handlers.tools.registry import ToolRegistry
 from handlers.worker import Worker
 from idlehook.logs import configure_logging
 from idlehook.settings import Settings
-from receiver.app import ReceiverApp, create_app
+from receiver.app import ExtraLifespan, ReceiverApp, create_app
 from receiver.approvals_api import approvals_routes
 from receiver.budget_api import budget_routes
 from receiver.config import ReceiverConfig
@@ -42,15 +43,18 @@ from sessions.endpoint import EndpointWatch
 from sessions.launch_queue import LaunchDrainer
 from sessions.launcher import Launcher
 from sessions.metrics import record_api_response
+from sessions.paced_transport import paced_http_client
 from sessions.pacing import Pacer
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Archiver, Reaper
-from sessions.reconciler import Reconciler
+from sessions.reconciler import ALL_MATCHING, Reconciler
 from sessions.watchdog import Watchdog
 from store.engine import make_engine, migrate
 from store.inbox import Inbox
 from store.journal import Journal, store_key
 from store.models import utcnow
+from store.retention import KINDS as RETENTION_KINDS
+from store.retention import PruneReport, RetentionPolicy, prune
 from store.runs import RunStore
 from store.sessions import SessionStore
 
@@ -89,12 +93,20 @@ def open_engine(settings: Settings, *, pool_size: int = 10) -> Engine:
     return engine
 
 
-def api_client(settings: Settings, *, max_retries: int = 2) -> AsyncAnthropic:
-    # The SDK's own http client class (its defaults kept), with a hook that counts every
-    # response, retries and 429s included, for /metrics.
-    http = DefaultAsyncHttpxClient(event_hooks={"response": [_count_api_response]})
+def api_client(settings: Settings, engine: Engine, *, max_retries: int = 2) -> AsyncAnthropic:
+    """A Managed Agents API client whose every request, the SDK's retries included, waits for
+    its slot in the rate budget all processes share through `engine` (the worker's plugins,
+    the launcher and the sweeps all get one of these, so none can spend the budget unseen)."""
+    # The SDK's own http client (its defaults kept) on the paced transport, with a hook that
+    # counts every response, retries and 429s included, for /metrics.
+    http = paced_http_client(
+        pacer(settings, engine), event_hooks={"response": [_count_api_response]}
+    )
     return AsyncAnthropic(
         api_key=settings.api_key.get_secret_value() or "unset",
+        # Not the SDK's default (ANTHROPIC_WEBHOOK_SIGNING_KEY from the environment): this client
+        # reaches plugins as `ctx.client`, and verifying is the receiver's job, with its keyring.
+        webhook_key="",
         base_url=settings.base_url,
         max_retries=max_retries,
         http_client=http,
@@ -111,9 +123,19 @@ def pacer(settings: Settings, engine: Engine) -> Pacer:
 
 
 def worker(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Worker:
-    """The plugins the routes name, and only those, from the `idlehook.handlers` entry points."""
+    """The plugins the routes name, and only those, from the `idlehook.handlers` entry points,
+    each built with its own table (`[plugins.<name>]`; the built-ins' from their sections).
+    Raises ConfigError when a table does not fit its plugin."""
     wanted = {name for rule in settings.routes for name in rule.handlers}
-    found = Registry.discover(allow=wanted - {AnswerHandler.name})
+    try:
+        tables = plugin_tables(settings)
+        found = Registry.discover(allow=wanted - {AnswerHandler.name}, tables=tables)
+    except ValueError as exc:  # PluginConfigError among them
+        raise ConfigError(str(exc)) from None
+    unused = sorted(set(settings.plugins) - wanted)
+    if unused:
+        # No route names them, so they are not loaded: a typo in a table's name shows here.
+        log.warning("plugins.config_unused", tables=unused)
     handlers = [h for h in map(found.get, found.names()) if h is not None]
     if AnswerHandler.name in wanted:
         handlers.append(answer_handler(settings, engine))
@@ -121,9 +143,11 @@ def worker(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Worker
 
 
 def answer_handler(settings: Settings, engine: Engine) -> AnswerHandler:
-    """The `answer` plugin on this engine, with the `[tools]` and `idlehook.tools` tools."""
-    tools = ToolRegistry.load(settings.tools.modules, settings.tools.idempotent)
-    return AnswerHandler(engine, tools)
+    """The `answer` plugin on this engine, with the `[tools]` and `idlehook.tools` tools, its
+    table validated like any plugin's."""
+    config = AnswerConfig.model_validate(builtin_tables(settings)[AnswerHandler.name])
+    tools = ToolRegistry.load(config.tools.modules, config.tools.idempotent)
+    return AnswerHandler(config, engine=engine, tools=tools)
 
 
 def launcher(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Launcher:
@@ -131,7 +155,6 @@ def launcher(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Laun
     return Launcher(
         engine,
         client.with_options(max_retries=0),
-        pacer(settings, engine),
         owner=settings.owner,
         strict=settings.strict,
         budget_usd=settings.launch.budget_usd,
@@ -172,7 +195,7 @@ def archiver(
     store = SessionStore(engine)
     mark = session_marker(store, now)
     interruption = interruption_reader(store)
-    handler = ArchiveHandler(settings.results_dir)
+    handler = ArchiveHandler(ArchiveConfig.model_validate(builtin_tables(settings)["archive"]))
     archive_log = structlog.get_logger("idlehook.reaper.archive")
 
     async def archive(session_id: str) -> None:
@@ -190,7 +213,7 @@ def archiver(
             client=client,
             log=archive_log.bind(session_id=session_id),
             now=now,
-            settings=settings,
+            config=shared_config(settings),
             handler=handler.name,
             mark=mark,
             interruption=interruption,
@@ -211,7 +234,6 @@ def reaper(
         client,
         engine,
         policy,
-        gate=pacer(settings, engine),
         archive=archive,
         lookback=parse_duration(settings.reaper.lookback),
         interrupt_wait_seconds=settings.reaper.interrupt_wait_seconds,
@@ -224,7 +246,6 @@ def reconciler(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Re
     return Reconciler(
         client,
         engine,
-        gate=pacer(settings, engine),
         lookback=parse_duration(cfg.lookback),
         settle=timedelta(seconds=cfg.settle_seconds),
         silence_alarm=timedelta(seconds=cfg.silence_alarm_seconds),
@@ -246,6 +267,8 @@ def endpoint_watch(settings: Settings, engine: Engine) -> EndpointWatch | None:
             "the webhook endpoint's state is not read",
         )
         return None
+    # Not paced: the organization webhooks API is not a Managed Agents API, and none of its
+    # calls count against the create or read budget the pacer keeps; one read a sweep.
     admin = AsyncAnthropic(
         api_key=settings.admin_api_key.get_secret_value(),
         base_url=settings.base_url,
@@ -275,8 +298,61 @@ class Periodic:
 
 
 @dataclass
+class Background:
+    """The worker and the sweeps: what `idlehook serve`'s worker process runs (`idlehook worker
+    --sweeps`), and what an in-process `service(run_worker=True)` runs in its lifespan."""
+
+    worker: Worker
+    drainer: LaunchDrainer
+    periodic: list[Periodic]
+
+    async def run(self) -> None:
+        """Until `stop()`: then in-flight runs and sweeps finish. If one of them fails, the
+        others are stopped and its error raised: a worker process exits, and `serve` starts
+        another, rather than sweeping on without a worker."""
+        tasks = [
+            asyncio.create_task(self.worker.run()),
+            asyncio.create_task(self.drainer.run()),
+            *(asyncio.create_task(p.run()) for p in self.periodic),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            raise
+        self.stop()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        failed = [t.exception() for t in done if not t.cancelled()]
+        for error in failed:
+            if error is not None:
+                raise error
+
+    def stop(self) -> None:
+        """Stop claiming and sweeping (from the loop's thread; `worker.stop` is thread-safe)."""
+        self.worker.stop()
+        self.drainer.stopping.set()
+        for p in self.periodic:
+            p.stopping.set()
+
+
+def background(
+    settings: Settings, engine: Engine, client: AsyncAnthropic, the_launcher: Launcher | None = None
+) -> Background:
+    """The worker, the launch queue's drainer, the watchdog, the reconciler, the approvals sweep
+    and, when scheduled, the reaper."""
+    the_launcher = the_launcher or launcher(settings, engine, client)
+    watchdog = Watchdog(engine, client, pricing=settings.pricing())
+    periodic = [Periodic("watchdog", settings.watchdog_seconds, watchdog.sweep)]
+    periodic.extend(_sweeps(settings, engine, client))
+    periodic.append(approvals_sweep(settings, engine, client))
+    return Background(worker(settings, engine, client), LaunchDrainer(the_launcher), periodic)
+
+
+@dataclass
 class Service:
-    """Everything `idlehook serve` runs in one process."""
+    """What `idlehook serve` runs in its own process: the receiver (and, for tests and the demo,
+    the worker and sweeps in-process with `run_worker`)."""
 
     settings: Settings
     engine: Engine
@@ -294,39 +370,30 @@ def service(
     run_worker: bool = True,
     engine: Engine | None = None,
     client: AsyncAnthropic | None = None,
+    on_new: Callable[[], None] | None = None,
+    lifespan: ExtraLifespan | None = None,
 ) -> Service:
-    """The receiver app with, unless `run_worker` is off, the worker and sweeps in its lifespan."""
+    """The receiver app with, if `run_worker`, the worker and sweeps in its lifespan.
+
+    `idlehook serve` runs it without: its worker is a process of its own, started and stopped
+    by `lifespan` and woken by `on_new` (idlehook/supervise.py); tests and the demo run the
+    worker in-process.
+    """
     engine = engine or open_engine(settings)
-    client = client or api_client(settings)
+    client = client or api_client(settings, engine)
     inbox = Inbox(engine)
     the_launcher = launcher(settings, engine, client)
-    the_worker = worker(settings, engine, client) if run_worker else None
-    drainer = LaunchDrainer(the_launcher) if run_worker else None
-    periodic: list[Periodic] = []
-    if run_worker:
-        watchdog = Watchdog(engine, client, pacer(settings, engine), pricing=settings.pricing())
-        periodic.append(Periodic("watchdog", settings.watchdog_seconds, watchdog.sweep))
-        periodic.extend(_sweeps(settings, engine, client))
-        periodic.append(approvals_sweep(settings, engine, client))
+    work = background(settings, engine, client, the_launcher) if run_worker else None
 
     @contextlib.asynccontextmanager
-    async def background(_: ReceiverApp) -> AsyncIterator[None]:
-        tasks: list[asyncio.Task[Any]] = []
-        if the_worker is not None:
-            tasks.append(asyncio.create_task(the_worker.run()))
-        if drainer is not None:
-            tasks.append(asyncio.create_task(drainer.run()))
-        tasks.extend(asyncio.create_task(p.run()) for p in periodic)
+    async def in_process(_: ReceiverApp) -> AsyncIterator[None]:
+        assert work is not None
+        task = asyncio.create_task(work.run())
         try:
             yield
         finally:
-            if the_worker is not None:
-                the_worker.stop()
-            if drainer is not None:
-                drainer.stopping.set()
-            for p in periodic:
-                p.stopping.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            work.stop()
+            await asyncio.gather(task, return_exceptions=True)
 
     app = create_app(
         ReceiverConfig.from_settings(settings),
@@ -338,14 +405,16 @@ def service(
             *web_routes(engine, settings.api_token, billing_model=settings.billing_model),
             *approvals_routes(engine, client, settings.api_token),
         ],
-        lifespan=background,
-        on_new=the_worker.wake if the_worker is not None else None,
+        lifespan=in_process if work is not None else lifespan,
+        on_new=work.worker.wake if work is not None else on_new,
         journal=journal(settings),
         journal_drain_seconds=settings.journal.drain_seconds,
     )
     # Only the Starlette part passes through middleware; the webhook path is dispatched first.
     app.add_middleware(RequestIdMiddleware)
-    return Service(settings, engine, client, inbox, app, the_worker, drainer, periodic)
+    if work is None:
+        return Service(settings, engine, client, inbox, app, None, None, [])
+    return Service(settings, engine, client, inbox, app, work.worker, work.drainer, work.periodic)
 
 
 def journal(settings: Settings) -> Journal | None:
@@ -366,7 +435,7 @@ def approvals_sweep(settings: Settings, engine: Engine, client: AsyncAnthropic) 
 
 
 def _sweeps(settings: Settings, engine: Engine, client: AsyncAnthropic) -> list[Periodic]:
-    """The reconciler and, when scheduled in config, the reaper."""
+    """The reconciler and, when scheduled in config, the reaper and the retention sweep."""
     the_reconciler = reconciler(settings, engine, client)
     sweeps = [Periodic("reconcile", settings.reconcile.interval_seconds, the_reconciler.sweep)]
     every = settings.reaper.interval_seconds
@@ -376,4 +445,34 @@ def _sweeps(settings: Settings, engine: Engine, client: AsyncAnthropic) -> list[
         )
         the_reaper = reaper(settings, engine, client, reap_policy(settings), archive)
         sweeps.append(Periodic("reap", every, lambda: the_reaper.run()))
+    if settings.retention.interval_seconds is not None:
+        sweeps.append(retention_sweep(settings, engine))
     return sweeps
+
+
+def retention_policy(settings: Settings, older_than: str | None = None) -> RetentionPolicy:
+    """The `[retention]` ages, or `older_than` for every kind. Raises DurationError."""
+    cfg = settings.retention
+
+    def age(kind: str) -> timedelta | None:
+        text = older_than or getattr(cfg, kind)
+        return None if text.strip().lower() == "never" else parse_duration(text)
+
+    return RetentionPolicy(
+        ages={kind: age(kind) for kind in RETENTION_KINDS},
+        status_types=ALL_MATCHING,
+        batch_size=cfg.batch_size,
+    )
+
+
+def retention_sweep(settings: Settings, engine: Engine) -> Periodic:
+    """Delete old, finished history every `[retention] interval_seconds`."""
+    policy = retention_policy(settings)
+
+    async def run() -> PruneReport:
+        report = await asyncio.to_thread(prune, engine, policy, utcnow())
+        if report.total:
+            log.info("retention.pruned", deleted=report.deleted, batches=report.batches)
+        return report
+
+    return Periodic("retention", settings.retention.interval_seconds or 3600.0, run)

@@ -7,7 +7,7 @@ give is checked first, so a refused raise costs no update call.
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anthropic
 import structlog
@@ -34,14 +34,6 @@ DEFAULT_RETRY_AFTER_S = 1.0
 T = TypeVar("T")
 
 
-class Gate(Protocol):
-    """What sessions/pacing.py's Pacer offers."""
-
-    async def acquire(self, kind: str) -> None: ...
-
-    def penalise(self, kind: str, retry_after_s: float) -> None: ...
-
-
 @dataclass(frozen=True)
 class RaisedBudget:
     session_id: str
@@ -61,15 +53,11 @@ class RaisedBudget:
         }
 
 
-async def raise_budget(
-    client: AsyncAnthropic, gate: Gate, session_id: str, usd: object
-) -> RaisedBudget:
+async def raise_budget(client: AsyncAnthropic, session_id: str, usd: object) -> RaisedBudget:
     """Set `session_id`'s cap to `usd`; raises InvalidBudget, BudgetNotFound, BudgetRefused or
     BudgetUnavailable, each with a sentence for the operator."""
     new_cents = usd_to_cents(usd)
-    session = await _call(
-        gate, "read", session_id, lambda: client.beta.sessions.retrieve(session_id)
-    )
+    session = await _call(session_id, lambda: client.beta.sessions.retrieve(session_id))
     current = cap_cents(session.budget)
     spent = spent_cents(session.usage)
     check_raise(
@@ -88,10 +76,8 @@ async def raise_budget(
         patch = {BUDGET_KEY: metadata_value(new_cents)}
     extra: dict[str, Any] = {} if patch is None else {"metadata": patch}
     # An update is not a create: the API's 300/min class covers creates only (§7 of the API
-    # notes), every other sessions call shares the 600/min one.
+    # notes), every other sessions call shares the 600/min one (the client's transport paces).
     updated = await _call(
-        gate,
-        "read",
         session_id,
         lambda: client.beta.sessions.update(
             session_id,
@@ -116,16 +102,15 @@ async def raise_budget(
     )
 
 
-async def _call(gate: Gate, kind: str, session_id: str, call: Callable[[], Awaitable[T]]) -> T:
-    """One API call in `kind`'s pace, its failures turned into BudgetErrors."""
-    await gate.acquire(kind)
+async def _call(session_id: str, call: Callable[[], Awaitable[T]]) -> T:
+    """One API call, its failures turned into BudgetErrors."""
     try:
         return await call()
     except anthropic.NotFoundError:
         raise BudgetNotFound(f"unknown session {session_id}") from None
     except anthropic.RateLimitError as exc:
+        # The client's transport has already held the class back by the same advice.
         wait = retry_after_seconds(exc.response.headers) or DEFAULT_RETRY_AFTER_S
-        gate.penalise(kind, wait)
         raise BudgetUnavailable(f"the API is rate limiting: try again in {wait:g}s") from None
     except anthropic.APIStatusError as exc:
         refusal = api_refusal(exc)

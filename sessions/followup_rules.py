@@ -186,8 +186,6 @@ class Failure:
     error: FollowUpError
     # The call may have been carried out anyway (timeout, dropped connection, 5xx).
     maybe_done: bool
-    # A 429: hold back every caller of this rate class for this long.
-    penalty_s: float | None = None
 
 
 def classify(exc: Exception, session_id: str, key: str) -> Failure | None:
@@ -198,7 +196,6 @@ def classify(exc: Exception, session_id: str, key: str) -> Failure | None:
         return Failure(
             FollowUpUnavailable(f"the API is rate limiting: {retry}", retry_after_s=wait),
             maybe_done=False,
-            penalty_s=wait if wait is not None else 1.0,
         )
     if isinstance(exc, anthropic.APITimeoutError | anthropic.APIConnectionError):
         return Failure(

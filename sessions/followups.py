@@ -11,18 +11,18 @@ worth keeping for a follow-up; its next idle is routed and archived like its fir
    `idlehook_deadline` and the tracked copy) moves to now plus the run's allowance, so the new run
    is never judged by the old, passed deadline; once sent, the tracked session's reap request and
    interruption marks are cleared. Its status is left to the webhooks.
-3. goes through the shared pacer, in the "read" class: the API's 300/min limit is for creating
-   agents, sessions and vaults; sending events and updating a session are "all other" calls,
-   the 600/min class the watchdog's interrupts use too.
+3. is paced by the client's transport (sessions/paced_transport.py), in the "read" class: the
+   API's 300/min limit is for creating agents, sessions and vaults; sending events and updating
+   a session are "all other" calls, the 600/min class the watchdog's interrupts use too.
 """
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy.exc
 import structlog
@@ -47,7 +47,6 @@ from sessions.followup_rules import (
     plan_deadline,
 )
 from sessions.metadata import DEADLINE_KEY, format_deadline
-from sessions.pacing import Pacer
 from sessions.session_view import as_utc, parse_rfc3339
 from store import followups as rows
 from store.followups import FollowUpView, Next
@@ -71,7 +70,6 @@ __all__ = [
 # How far before our first send the API's processed_at of it may read (clock skew).
 SKEW = timedelta(minutes=2)
 SEARCH_PAGES = 10
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -130,7 +128,6 @@ class FollowUps:
         self,
         engine: Engine,
         client: AsyncAnthropic,
-        pacer: Pacer,
         *,
         now: Callable[[], datetime] = utcnow,
         lease: timedelta = timedelta(minutes=5),
@@ -141,7 +138,6 @@ class FollowUps:
         # No SDK retries: it sends no idempotency key, so a retried send whose answer was lost
         # would post the message twice. An unknown outcome is settled by looking instead.
         self.client = client.with_options(max_retries=0, timeout=call_timeout_s)
-        self.pacer = pacer
         self.sessions = SessionStore(engine)
         self._now = now
         # Far longer than one attempt's calls (each times out at call_timeout_s): a claim that
@@ -225,7 +221,7 @@ class FollowUps:
         tracked = await asyncio.to_thread(self.sessions.get, session_id)
         if tracked is not None and tracked.deleted_at is not None:
             raise SessionClosed(f"session {session_id} was deleted: it takes no more messages")
-        session = await self._api(lambda: self.client.beta.sessions.retrieve(session_id))
+        session = await self.client.beta.sessions.retrieve(session_id)
         check_open(session_id, str(session.status), session.archived_at is not None)
         metadata = {str(k): str(v) for k, v in (session.metadata or {}).items()}
         plan = await self._plan(session, metadata, tracked, request)
@@ -248,7 +244,6 @@ class FollowUps:
         if plan is not None:
             # Before the send: the new run must never be judged by the old, passed deadline.
             await self._rearm(session_id, plan)
-        await self.pacer.acquire("read")
         attempt.in_flight = True
         echoed = await self.client.beta.sessions.events.send(
             session_id,
@@ -278,14 +273,11 @@ class FollowUps:
 
     async def _rearm(self, session_id: str, plan: DeadlinePlan) -> None:
         value = format_deadline(plan.deadline)
-        updated = await self._api(
-            lambda: self.client.beta.sessions.update(session_id, metadata={DEADLINE_KEY: value})
-        )
+        updated = await self.client.beta.sessions.update(session_id, metadata={DEADLINE_KEY: value})
         metadata = {str(k): str(v) for k, v in (updated.metadata or {}).items()}
         await asyncio.to_thread(
             partial(
-                rows.rearm_tracked,
-                self.engine,
+                self.sessions.rearm,
                 session_id,
                 deadline=plan.deadline,
                 metadata=metadata,
@@ -335,10 +327,8 @@ class FollowUps:
         """
         taken = await asyncio.to_thread(rows.sent_event_ids, self.engine, session_id)
         since = first_attempt - SKEW
-        page = await self._api(
-            lambda: self.client.beta.sessions.events.list(
-                session_id, types=["user.message"], order="desc", limit=1000
-            )
+        page = await self.client.beta.sessions.events.list(
+            session_id, types=["user.message"], order="desc", limit=1000
         )
         for _ in range(SEARCH_PAGES):
             for event in page.data:
@@ -346,13 +336,9 @@ class FollowUps:
                     return str(event.id)
             if not page.has_next_page():
                 return None
-            page = await self._api(page.get_next_page)
+            page = await page.get_next_page()
         log.warning("followup.search_truncated", pages=SEARCH_PAGES)
         return None
-
-    async def _api(self, call: Callable[[], Awaitable[T]]) -> T:
-        await self.pacer.acquire("read")
-        return await call()
 
     # --- failure ------------------------------------------------------------------------------
 
@@ -373,8 +359,6 @@ class FollowUps:
                 error = exc  # a bug, not an outcome: raised as is, the row released in doubt
             else:
                 error, maybe_done = failure.error, failure.maybe_done
-                if failure.penalty_s is not None:
-                    self.pacer.penalise("read", failure.penalty_s)
         # A failed search leaves the earlier attempt as unknown as it was; a failed send is
         # unknown unless the API clearly refused it.
         unknown = attempt.recovering or (attempt.in_flight and maybe_done)

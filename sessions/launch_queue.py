@@ -2,7 +2,8 @@
 
 `decide` is pure: given the error a launch attempt raised, retry (when, and whether the session
 may exist anyway) or fail. `LaunchDrainer` claims due launches from the store and hands each to
-the launcher, a bounded number at a time; the shared pacer, not the drainer, keeps the rate.
+the launcher, a bounded number at a time; the shared pacer under the API client
+(sessions/paced_transport.py), not the drainer, keeps the rate.
 """
 
 import asyncio
@@ -46,6 +47,10 @@ def decide(exc: Exception, *, sent: bool) -> Decision:
     """What to do after `exc`; `sent` says whether the create call itself had gone out."""
     if _transient_store_error(exc):
         return Decision(True, sent, None, f"store unavailable: {_store_detail(exc)}", True)
+    if isinstance(exc, anthropic.APIConnectionError) and _transient_store_error(exc.__cause__):
+        # The client's pacer could not reach the store to take a slot: nothing was sent.
+        cause = exc.__cause__
+        return Decision(True, False, None, f"store unavailable: {_store_detail(cause)}", True)
     if isinstance(exc, anthropic.RateLimitError):
         # A 429 is a clear "not created".
         return Decision(
@@ -68,7 +73,7 @@ def decide(exc: Exception, *, sent: bool) -> Decision:
     return Decision(False, False, None, f"{type(exc).__name__}: {exc}")
 
 
-def _transient_store_error(exc: Exception) -> bool:
+def _transient_store_error(exc: BaseException | None) -> bool:
     """A lost connection, a lock timeout, a database restarting: worth another go. Integrity
     and programming errors are bugs, and stay failures."""
     if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
@@ -76,7 +81,7 @@ def _transient_store_error(exc: Exception) -> bool:
     return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
 
 
-def _store_detail(exc: Exception) -> str:
+def _store_detail(exc: BaseException | None) -> str:
     # The driver's own message, first line only: SQLAlchemy's str() adds the statement and
     # its parameters, which may carry request data.
     orig = getattr(exc, "orig", None) or exc
@@ -105,7 +110,7 @@ class LaunchDrainer:
     """Drain the launch queue: claim due launches, run up to `concurrency` at once.
 
     Several drainers (worker processes, `idlehook start`) can run against one store: claims are
-    leased, and every create goes through the store-backed pacer they share.
+    leased, and every create goes through the store-backed pacer their clients share.
     """
 
     def __init__(

@@ -3,9 +3,11 @@
 A launch is validated locally (agent reference, metadata limits, deadline) before anything is
 written or sent, then goes through the durable queue in the store (`launches`), so a crash, a 429
 or a timeout never loses or doubles it. Processing a launch: preflight the environment (cached),
-pin the agent version (cached), and create the session with `initial_events`, paced by the
-store-backed gate every worker shares. The session is then tracked for the webhook path, the
-watchdog and the reaper.
+pin the agent version (cached), and create the session with `initial_events`. The client's
+transport (sessions/paced_transport.py) paces every call in the store-backed budget every worker
+shares, and after a 429 holds the whole class back; the launch itself goes back on the queue at
+the server's `retry-after`. The session is then tracked for the webhook path, the watchdog and
+the reaper.
 """
 
 import asyncio
@@ -37,10 +39,9 @@ from sessions.durations import DurationError, parse_duration
 from sessions.followups import FollowUpResult, FollowUps
 from sessions.launch_queue import backoff_delay, decide
 from sessions.metadata import IDEMPOTENCY_KEY, MetadataError, build_metadata, parse_pairs
-from sessions.pacing import Pacer
-from store.launches import LaunchStore, NewLaunch, SessionFacts
+from store.launches import LaunchStore, NewLaunch
 from store.models import Launch, LaunchState, TrackedSession, utcnow
-from store.sessions import SessionStore, SessionUpdate
+from store.sessions import Launched, SessionStore, SessionUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -372,7 +373,6 @@ class Launcher:
         self,
         engine: Engine,
         client: AsyncAnthropic,
-        pacer: Pacer,
         *,
         owner: str,
         strict: bool = False,
@@ -390,7 +390,6 @@ class Launcher:
         # Retries go through the durable queue, never the SDK: it sends no idempotency key, so
         # its silent retry of a timed-out create could start a second session.
         self.client = client.with_options(max_retries=0, timeout=call_timeout_s)
-        self.pacer = pacer
         self.owner = owner
         self.strict = strict
         self.lease = lease
@@ -507,7 +506,6 @@ class Launcher:
                         log.info("launch.recovered", session_id=existing.id)
                         await self._complete(launch.id, owner, prepared, existing)
                         return
-                await self.pacer.acquire("create")
                 # begin_create keeps an earlier first_attempt_at; this is ours if there was none.
                 first_attempt = first_attempt or self._now()
                 if not await asyncio.to_thread(
@@ -553,10 +551,6 @@ class Launcher:
     ) -> None:
         assert launch.id is not None
         decision = decide(exc, sent=sent)
-        if isinstance(exc, anthropic.RateLimitError):
-            self.pacer.penalise(
-                "create" if sent else "read", decision.retry_after_s or backoff_delay(1, None)
-            )
         attempts = launch.attempts + 1
         out_of_attempts = attempts >= self.max_attempts and not decision.store_error
         if not decision.retry or out_of_attempts:
@@ -616,20 +610,14 @@ class Launcher:
     async def _complete(
         self, launch_id: int, owner: str, prepared: PreparedLaunch, session: Any
     ) -> None:
-        facts = SessionFacts(
-            id=session.id,
+        launched = Launched(
+            session_id=session.id,
             owner=self.owner,
-            agent_id=prepared.agent_id,
-            agent_version=getattr(session.agent, "version", None),
-            environment_id=prepared.environment_id,
             route=prepared.route,
-            title=prepared.title,
-            metadata=dict(session.metadata or prepared.metadata),
             deadline=prepared.deadline,
-            status=session.status,
-            created_at=session.created_at,
+            seen=SessionUpdate.from_api(session),
         )
-        if not await asyncio.to_thread(self.store.complete, launch_id, owner, facts):
+        if not await asyncio.to_thread(self.store.complete, launch_id, owner, launched):
             log.warning("launch.lease_lost_after_create", session_id=session.id)
 
     # --- reads: preflight, agent version, lost-session search ------------------------------------
@@ -665,7 +653,6 @@ class Launcher:
             if stored is not None and self._now() - stored.checked_at < cache.ttl:
                 cache.put(env_id, stored.networking, stored.checked_at)
                 return stored.networking
-            await self.pacer.acquire("read")
             try:
                 env = await self.client.beta.environments.retrieve(env_id)
             except anthropic.NotFoundError:
@@ -688,7 +675,6 @@ class Launcher:
             hit, value = cache.fresh(agent_id)
             if hit:
                 return int(value)
-            await self.pacer.acquire("read")
             try:
                 agent = await self.client.beta.agents.retrieve(agent_id)
             except anthropic.NotFoundError:
@@ -701,7 +687,7 @@ class Launcher:
             return int(agent.version)
 
     async def _agent_at(self, agent_id: str, version: int) -> Any:
-        """One agent version (its model, its callable agents), read once, paced."""
+        """One agent version (its model, its callable agents), read once."""
         key = f"{agent_id}:{version}"
         cache = self._agent_versions
         hit, value = cache.fresh(key)
@@ -711,7 +697,6 @@ class Launcher:
             hit, value = cache.fresh(key)
             if hit:
                 return value
-            await self.pacer.acquire("read")
             try:
                 agent = await self.client.beta.agents.retrieve(agent_id, version=version)
             except anthropic.NotFoundError:
@@ -742,7 +727,6 @@ class Launcher:
 
     async def _find_existing(self, prepared: PreparedLaunch, first_attempt: datetime) -> Any:
         """A session an earlier, unanswered create made after all: found by our key."""
-        await self.pacer.acquire("read")
         page = await self.client.beta.sessions.list(
             agent_id=prepared.agent_id,
             created_at_gte=first_attempt - SKEW,
@@ -755,7 +739,6 @@ class Launcher:
                     return session
             if not page.has_next_page():
                 return None
-            await self.pacer.acquire("read")
             page = await page.get_next_page()
         return None
 
@@ -765,7 +748,7 @@ class Launcher:
         """Raise a session's spend ceiling to `usd` (a person's decision, after a
         `budget_reached` pause; the API resumes the session itself). Raises a
         `sessions.budget.BudgetError` naming the problem; a refusal makes no update call."""
-        raised = await raise_budget(self.client, self.pacer, session_id, usd)
+        raised = await raise_budget(self.client, session_id, usd)
         try:
             await asyncio.to_thread(self._record_budget, raised)
         except Exception as exc:
@@ -776,10 +759,10 @@ class Launcher:
     def _record_budget(self, raised: RaisedBudget) -> None:
         # Listings read the cap from the tracked copy of the metadata: bring it up to date now
         # rather than at the next webhook. Sessions we do not track stay untracked.
-        sessions = SessionStore(self.store.engine)
-        if sessions.get(raised.session_id) is not None:
-            update = SessionUpdate(metadata=raised.metadata)
-            sessions.record(raised.session_id, update, self._now())
+        update = SessionUpdate(metadata=raised.metadata)
+        SessionStore(self.store.engine).record(
+            raised.session_id, update, self._now(), if_tracked=True
+        )
 
     # --- follow-ups ----------------------------------------------------------------------------
 
@@ -797,7 +780,7 @@ class Launcher:
         The same key for the same session sends once; without one, a fresh key is made. Raises
         a `sessions.followups.FollowUpError` naming the problem (see sessions/followups.py).
         """
-        followups = FollowUps(self.store.engine, self.client, self.pacer, now=self._now)
+        followups = FollowUps(self.store.engine, self.client, now=self._now)
         return await followups.send(
             session_id, message, idempotency_key=idempotency_key, deadline=deadline
         )

@@ -4,6 +4,8 @@ Module-level on purpose: prometheus_client refuses a second registration of a na
 importer must share these series with /metrics.
 """
 
+import re
+
 from prometheus_client import Counter, Gauge
 
 REAPER_ACTIONS = Counter(
@@ -48,6 +50,12 @@ API_CALLS = Counter(
     "Managed Agents API responses by method, route template and status (each SDK retry counts)",
     ["method", "route", "status"],
 )
+API_PACED_CALLS = Counter(
+    "idlehook_api_paced_calls_total",
+    "Managed Agents API requests sent after waiting for a slot in the shared budget, by rate "
+    "class (create, read); each SDK retry counts (sessions/paced_transport.py)",
+    ["rate_class"],
+)
 API_RATE_LIMITED = Counter(
     "idlehook_api_rate_limited_total",
     "429 answers from the API by method and route template",
@@ -58,14 +66,16 @@ API_RATE_LIMITED = Counter(
 def route_template(path: str) -> str:
     """`/v1/sessions/sesn_01Ab/events` -> `/v1/sessions/{id}/events`: bounded label values.
 
-    API ids carry digits and the API's own path words never do (`v1` aside), which tells them
-    apart without a list of every endpoint.
+    The API's own path words are lowercase snake_case (`v1` aside); anything else is an id,
+    which tells them apart without a list of every endpoint. "Has a digit" is no test: an id's
+    tail is random base62, and one in seventy emulator ids has no digit (`agent_kQzT...`).
     """
     parts = path.split("?", 1)[0].strip("/").split("/")
-    shaped = [
-        p if i == 0 or not any(c.isdigit() for c in p) else "{id}" for i, p in enumerate(parts)
-    ]
+    shaped = [p if i == 0 or _PATH_WORD.fullmatch(p) else "{id}" for i, p in enumerate(parts)]
     return "/" + "/".join(shaped)
+
+
+_PATH_WORD = re.compile(r"[a-z]+(?:_[a-z]+)*")
 
 
 def record_api_response(method: str, path: str, status: int) -> None:

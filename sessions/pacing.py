@@ -1,11 +1,14 @@
 """A rate gate in the store: every process shares one request budget per rate class.
 
-Each class ("create", "read") has one row holding the next free slot, in epoch seconds. A caller
-takes a slot with a single atomic UPDATE (`next_at = max(next_at, now) + interval RETURNING`), so
-two callers, in one process or in ten, never get the same slot; then it sleeps until its slot.
-The result is an evenly spaced stream at the configured rate, whoever sends it: no burst for the
-API to answer with 429s. After a 429 anyway, `penalise` pushes the whole class back by the
-server's `retry-after`.
+Each class ("create", "read") has one row holding the next free slot, in epoch seconds
+(store/rate_slots.py). A caller takes a slot with a single atomic UPDATE (`next_at =
+max(next_at, now) + interval RETURNING`), so two callers, in one process or in ten, never get
+the same slot; then it sleeps until its slot. The result is an evenly spaced stream at the
+configured rate, whoever sends it: no burst for the API to answer with 429s. After a 429 anyway,
+`penalise` pushes the whole class back by the server's `retry-after`.
+
+The store is reached in a thread, never on the event loop. Callers do not use this directly:
+sessions/paced_transport.py puts every API request of the SDK clients idlehook builds through it.
 """
 
 import asyncio
@@ -13,13 +16,10 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 
-import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
-from store.engine import is_sqlite
-from store.models import RateSlot
+from store import rate_slots
 
 log = structlog.get_logger(__name__)
 
@@ -27,7 +27,7 @@ DEFAULT_RPM: Mapping[str, float] = {"create": 300, "read": 600}
 
 
 class Pacer:
-    """`await acquire(kind)` before each API call of that class; `penalise` after a 429."""
+    """`await acquire(kind)` before each API call of that class; `await penalise` after a 429."""
 
     def __init__(
         self,
@@ -50,8 +50,6 @@ class Pacer:
         self.rpm = dict(rpm)
         self._now = now
         self._sleep = sleep
-        # SQLite's two-argument max() is PostgreSQL's greatest().
-        self._greatest = sa.func.max if is_sqlite(engine) else sa.func.greatest
         self._known: set[str] = set()
         self.block = block
         self._reserved: dict[str, deque[float]] = {}
@@ -80,45 +78,25 @@ class Pacer:
         return self.take_slots(kind, 1)[0]
 
     def take_slots(self, kind: str, count: int) -> list[float]:
-        """Reserve `count` consecutive slots in one atomic step."""
+        """Reserve `count` consecutive slots in one atomic step (blocking: call in a thread)."""
         interval = self.interval(kind)
         self._ensure_row(kind)
-        with self.engine.begin() as conn:
-            # Read the clock inside the transaction: on SQLite the write lock is already held,
-            # so a caller that queued for the lock cannot be handed a slot in the past.
-            now = self._now()
-            next_at = conn.execute(
-                sa.update(RateSlot)
-                .where(col(RateSlot.kind) == kind)
-                .values(next_at=self._greatest(col(RateSlot.next_at), now) + interval * count)
-                .returning(col(RateSlot.next_at))
-            ).scalar_one()
-        first = float(next_at) - interval * count
+        first = rate_slots.take(self.engine, kind, interval * count, self._now)
         return [first + interval * i for i in range(count)]
 
-    def penalise(self, kind: str, retry_after_s: float) -> None:
+    async def penalise(self, kind: str, retry_after_s: float) -> None:
         """Hold every caller of `kind` back until `retry_after_s` from now (a 429's advice)."""
         self.interval(kind)
         until = self._now() + max(0.0, retry_after_s)
-        self._ensure_row(kind)
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(RateSlot)
-                .where(col(RateSlot.kind) == kind)
-                .values(next_at=self._greatest(col(RateSlot.next_at), until))
-            )
+        await asyncio.to_thread(self._push_back, kind, until)
         self._reserved.pop(kind, None)  # reserved before the penalty: not ours to use now
         log.warning("pacer.penalised", kind=kind, retry_after_s=retry_after_s)
 
+    def _push_back(self, kind: str, until: float) -> None:
+        self._ensure_row(kind)
+        rate_slots.push_back(self.engine, kind, until)
+
     def _ensure_row(self, kind: str) -> None:
-        if kind in self._known:
-            return
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "INSERT INTO rate_slots (kind, next_at) VALUES (:kind, 0) "
-                    "ON CONFLICT (kind) DO NOTHING"
-                ),
-                {"kind": kind},
-            )
-        self._known.add(kind)
+        if kind not in self._known:
+            rate_slots.ensure(self.engine, kind)
+            self._known.add(kind)

@@ -1,15 +1,16 @@
-"""The API calls the reaper and the reconciler make, each one paced through the shared gate.
+"""The API calls the reaper and the reconciler make, counted, and tried again after a 429.
 
-Every call here is of the API's "other" class (600 RPM), so all take the gate's "read" slot.
-A 429 that gets through anyway pushes the whole class back by the server's advice, then the
-call is tried again; any other error is the caller's to judge.
+Every call here is of the API's "other" class (600 RPM). The client's transport paces each one
+in the shared budget (sessions/paced_transport.py) and, after a 429 that gets through anyway,
+pushes the whole class back by the server's advice; the call is then tried again once that
+advice has passed. Any other error is the caller's to judge.
 """
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import anthropic
 import structlog
@@ -22,7 +23,6 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-READ = "read"
 STATUS_EVENT_TYPES = ("session.status_idle", "session.status_running", "session.status_terminated")
 # The stream's status events, and the status each one leaves the session in.
 STATUS_OF_EVENT = {
@@ -34,31 +34,6 @@ STATUS_OF_EVENT = {
 DEFAULT_RETRY_AFTER_S = 1.0
 # "The latest event was not read", as opposed to None: "read, and the session has none".
 UNREAD: Any = object()
-
-
-class Gate(Protocol):
-    """What sessions/pacing.py's Pacer offers; tests may pass a counting stand-in."""
-
-    async def acquire(self, kind: str) -> None: ...
-
-    def penalise(self, kind: str, retry_after_s: float) -> None: ...
-
-
-class OpenGate:
-    """No pacing, but a 429's retry-after is still honoured: for one-off tools and tests."""
-
-    def __init__(self) -> None:
-        self._not_before: dict[str, float] = {}
-
-    async def acquire(self, kind: str) -> None:
-        loop = asyncio.get_running_loop()
-        wait = self._not_before.get(kind, 0.0) - loop.time()
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-    def penalise(self, kind: str, retry_after_s: float) -> None:
-        until = asyncio.get_running_loop().time() + retry_after_s
-        self._not_before[kind] = max(self._not_before.get(kind, 0.0), until)
 
 
 @dataclass(frozen=True)
@@ -85,9 +60,10 @@ def wait_seconds(exc: anthropic.APIStatusError) -> float:
 
 
 class PacedCalls:
-    def __init__(self, client: AsyncAnthropic, gate: Gate, *, max_rate_retries: int = 5) -> None:
+    """Calls through a client idlehook built (wiring.api_client), whose transport paces them."""
+
+    def __init__(self, client: AsyncAnthropic, *, max_rate_retries: int = 5) -> None:
         self.client = client
-        self.gate = gate
         self.max_rate_retries = max_rate_retries
         self.rate_limited = 0  # 429s seen, for reports and tests
         self.made = 0  # calls sent (each 429'd attempt too): what a sweep spent of its budget
@@ -95,7 +71,6 @@ class PacedCalls:
     async def call(self, fn: Callable[[], Awaitable[T]]) -> T:
         attempt = 0
         while True:
-            await self.gate.acquire(READ)
             self.made += 1
             try:
                 return await fn()
@@ -106,7 +81,10 @@ class PacedCalls:
                     raise
                 wait = wait_seconds(exc)
                 log.warning("api.rate_limited", retry_after_s=wait, attempt=attempt)
-                self.gate.penalise(READ, wait)
+                # A paced client's transport has already held the class back this long for
+                # every process, so this wait overlaps that one; it is what holds back the
+                # admin key's client (the endpoint read), which is not paced.
+                await asyncio.sleep(wait)
 
     async def list_sessions(
         self,

@@ -19,7 +19,7 @@ from anthropic import AsyncAnthropic
 from sqlalchemy.engine import Engine
 
 from sessions import metrics
-from sessions.reap_io import UNREAD, Gate, OpenGate, PacedCalls, Snapshot, snapshot_of
+from sessions.reap_io import UNREAD, PacedCalls, Snapshot, snapshot_of
 from sessions.reap_policy import (
     BUSY,
     RESTING,
@@ -144,7 +144,6 @@ class Reaper:
         engine: Engine,
         policy: ReapPolicy,
         *,
-        gate: Gate | None = None,
         archive: Archiver | None = None,
         now: Callable[[], datetime] = utcnow,
         lookback: timedelta = timedelta(days=30),
@@ -157,7 +156,7 @@ class Reaper:
     ) -> None:
         self.engine = engine
         self.policy = policy
-        self.calls = PacedCalls(client, gate or OpenGate(), max_rate_retries=max_rate_retries)
+        self.calls = PacedCalls(client, max_rate_retries=max_rate_retries)
         self.archive = archive
         self.now = now
         self.lookback = lookback
@@ -166,7 +165,7 @@ class Reaper:
         self.poll_seconds = poll_seconds
         self.sleep = sleep
         # Sessions judged and acted on at once: one at a time, a sweep moved at the speed of
-        # the API's latency, far below its rate limit; the gate still paces every call.
+        # the API's latency, far below its rate limit; the client still paces every call.
         self.concurrency = max(1, concurrency)
 
     async def run(
@@ -324,7 +323,7 @@ class Reaper:
                 return [self._outcome(view, ReaperActionKind.SKIPPED, Block.CHANGED, False)]
             return await self._archive_and_delete(view, verdict)
         except anthropic.NotFoundError:
-            await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())
+            await asyncio.to_thread(self._mark_deleted, view.id)
             return [self._outcome(view, ReaperActionKind.SKIPPED, GONE, False)]
         except Exception as exc:  # one session's trouble must not stop the run
             return [self._failure(view, verdict.reason, exc)]
@@ -385,7 +384,7 @@ class Reaper:
                 return [*outcomes, self._outcome(idle, ReaperActionKind.SKIPPED, block, False)]
             return outcomes + await self._archive_and_delete(idle, delete)
         except anthropic.NotFoundError:
-            await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())
+            await asyncio.to_thread(self._mark_deleted, view.id)
             return [*outcomes, self._outcome(view, ReaperActionKind.SKIPPED, GONE, False)]
         except Exception as exc:  # keep the interrupt on record next to what went wrong
             return [*outcomes, self._failure(view, verdict.reason, exc)]
@@ -416,7 +415,7 @@ class Reaper:
         try:
             await self.calls.delete(view.id)
         except anthropic.NotFoundError:
-            await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())
+            await asyncio.to_thread(self._mark_deleted, view.id)
             return [*outcomes, self._outcome(view, ReaperActionKind.SKIPPED, GONE, False)]
         except anthropic.APIStatusError as exc:
             if 400 <= exc.status_code < 500:
@@ -433,7 +432,7 @@ class Reaper:
                 )
                 return outcomes
             raise
-        await asyncio.to_thread(audit.mark_deleted, self.engine, view.id, self.now())
+        await asyncio.to_thread(self._mark_deleted, view.id)
         saving = saving_per_hour(view, verdict, self.policy)
         outcomes.append(
             self._outcome(view, ReaperActionKind.DELETED, verdict.reason, False, saving=saving)
@@ -484,6 +483,10 @@ class Reaper:
             else type(exc).__name__
         )
         return Outcome(view.id, ReaperActionKind.FAILED, reason, False, view.status, 0.0, error)
+
+    def _mark_deleted(self, session_id: str) -> None:
+        """Kept even for a session idlehook never tracked: the reaper acted on it."""
+        SessionStore(self.engine).mark_deleted(session_id, self.now(), track_untracked=True)
 
     def _record(self, run_id: str, outcomes: Sequence[Outcome]) -> None:
         at = self.now()

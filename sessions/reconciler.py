@@ -34,10 +34,10 @@ that woke, ran and rested twice between two sweeps gets its latest rest (handler
 session as it is). Transitions younger than `settle` are left for the next sweep: their webhook
 may be in flight.
 
-Every call goes through the shared read gate and is counted: a sweep spends at most `max_calls`
-(a backlog is worked through over several sweeps, the cursors kept in the store), and, with
-nothing changing, costs one page of running sessions, `scan_pages` pages of resting ones and the
-endpoint read.
+Every call is counted, and all but the admin key's endpoint read are paced in the shared read
+budget by the client's transport: a sweep spends at most `max_calls` (a backlog is worked
+through over several sweeps, the cursors kept in the store), and, with nothing changing, costs
+one page of running sessions, `scan_pages` pages of resting ones and the endpoint read.
 """
 
 import asyncio
@@ -55,7 +55,7 @@ from sqlalchemy.engine import Engine
 from handlers.billing import token_usd
 from sessions import metrics
 from sessions.endpoint import EndpointWatch
-from sessions.reap_io import Gate, OpenGate, PacedCalls, StatusEvent
+from sessions.reap_io import PacedCalls, StatusEvent
 from sessions.session_view import as_utc
 from store import audit, watch
 from store.audit import transition_event_id
@@ -234,7 +234,6 @@ class Reconciler:
         engine: Engine,
         inbox: Inbox | None = None,
         *,
-        gate: Gate | None = None,
         now: Callable[[], datetime] = utcnow,
         lookback: timedelta = timedelta(hours=24),
         settle: timedelta = timedelta(seconds=30),
@@ -251,7 +250,7 @@ class Reconciler:
             raise ValueError("max_calls must be at least 3 (a page of each list, a check)")
         self.engine = engine
         self.inbox = inbox or Inbox(engine)
-        self.calls = PacedCalls(client, gate or OpenGate())
+        self.calls = PacedCalls(client)
         self.now = now
         self.lookback = lookback
         self.settle = settle
@@ -492,7 +491,7 @@ class Reconciler:
                 return  # rescheduling: nothing to report until it runs or rests
             latest = await self.calls.latest_status(session_id)
         except anthropic.NotFoundError:
-            await asyncio.to_thread(watch.mark_deleted, self.engine, session_id, now)
+            await asyncio.to_thread(self.sessions.mark_deleted, session_id, now)
             return
         at = transition_at(status, latest, session)
         if at is None:
@@ -521,11 +520,11 @@ class Reconciler:
         """Its latest transition is delivered: track it (routing would, but may not have yet),
         and, if it rests, remember its runtime and token cost, so the scan can tell when it
         has run again. Its status is the routing step's to record."""
-        active, cost = fingerprint(session) if status in RESTING else (None, None)
-        update = SessionUpdate(
-            created_at=as_utc(session.created_at), active_seconds=active, token_usd=cost
-        )
-        await asyncio.to_thread(self.sessions.record, session_id, update, now)
+        seen = SessionUpdate.from_api(session, token_usd=token_usd(getattr(session, "usage", None)))
+        kept = ["created_at"]
+        if status in RESTING:
+            kept += ["active_seconds", "token_usd"]  # a busy session's are no fingerprint yet
+        await asyncio.to_thread(self.sessions.record, session_id, seen.only(*kept), now)
 
     # -- the silence alarm ---------------------------------------------------------------------
 
@@ -605,7 +604,6 @@ async def late_duplicate(
     event_type: str,
     event_id: str,
     source: str,
-    gate: Gate | None = None,
 ) -> bool:
     """True when this status delivery has a twin stored ahead of it that covers the same state.
 
@@ -631,7 +629,7 @@ async def late_duplicate(
     if not await asyncio.to_thread(audit.has_reconciled_delivery, engine, session_id):
         return False
     try:
-        latest = await PacedCalls(client, gate or OpenGate()).latest_status(session_id)
+        latest = await PacedCalls(client).latest_status(session_id)
     except anthropic.NotFoundError:
         return False  # deleted since: the routing step's own fetch settles it
     if latest is None or latest.status not in SYNTHETIC_TYPE:

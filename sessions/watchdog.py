@@ -19,10 +19,9 @@ from anthropic import AsyncAnthropic
 from sqlalchemy.engine import Engine
 
 from handlers.billing import Pricing, session_cost
-from sessions.pacing import Pacer
 from store.launches import QUIET_STATUSES, LaunchStore
 from store.models import TrackedSession, utcnow
-from store.sessions import SessionStore
+from store.sessions import SessionStore, SessionUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +63,6 @@ class Watchdog:
         self,
         engine: Engine,
         client: AsyncAnthropic,
-        pacer: Pacer,
         *,
         silence: timedelta = timedelta(minutes=10),
         batch: int = 200,
@@ -74,8 +72,9 @@ class Watchdog:
         self.store = LaunchStore(engine, now=now)
         self.sessions = SessionStore(engine)
         self.pricing = pricing or Pricing()
+        # Paced by the client's transport (sessions/paced_transport.py), which also pushes the
+        # read class back after a 429; a sweep stops at one rather than retrying.
         self.client = client.with_options(max_retries=0)
-        self.pacer = pacer
         self.silence = silence
         self.batch = batch
         self._now = now
@@ -97,7 +96,6 @@ class Watchdog:
                     log.warning("watchdog.fetch_failed", error=type(exc).__name__)
                     if isinstance(exc, anthropic.RateLimitError):
                         # The API is the one short of breath: stop this sweep here.
-                        self.pacer.penalise("read", 1.0)
                         break
         if report.polled:
             log.info(
@@ -111,25 +109,20 @@ class Watchdog:
         return report
 
     async def _check(self, tracked: TrackedSession, report: SweepReport) -> None:
-        await self.pacer.acquire("read")
         try:
             session = await self.client.beta.sessions.retrieve(tracked.id)
         except anthropic.NotFoundError:
             report.gone += 1
             log.info("watchdog.session_gone")
-            await asyncio.to_thread(self.store.mark_deleted, tracked.id)
+            await asyncio.to_thread(self.sessions.mark_deleted, tracked.id, self._now())
             return
         report.polled += 1
-        usage = getattr(session, "usage", None)
         cost = session_cost(session, self.pricing, now=self._now())
-        await asyncio.to_thread(
-            self.store.record_poll,
-            tracked.id,
-            status=session.status,
-            active_seconds=getattr(usage, "active_seconds", None),
-            cost_usd=cost.total_usd,
-            token_usd=cost.token_usd,
-        )
+        seen = SessionUpdate.from_api(session, cost_usd=cost.total_usd, token_usd=cost.token_usd)
+        # What a poll has always recorded: the run's progress. Its other facts are the routing
+        # step's, from the notifications.
+        polled = seen.only("status", "active_seconds", "cost_usd", "token_usd")
+        await asyncio.to_thread(self.sessions.record_poll, tracked.id, polled, self._now())
         if session.status != tracked.status:
             report.status_changed += 1
             report.changes[tracked.id] = session.status
@@ -138,10 +131,9 @@ class Watchdog:
             await asyncio.to_thread(
                 self.sessions.record_interrupt, tracked.id, "past_deadline", self._now()
             )
-            await self.pacer.acquire("read")
             await self.client.beta.sessions.events.send(
                 tracked.id, events=[{"type": "user.interrupt"}]
             )
-            await asyncio.to_thread(self.store.request_reap, tracked.id)
+            await asyncio.to_thread(self.sessions.request_reap, [tracked.id], self._now())
             report.interrupted += 1
             log.warning("watchdog.interrupted_past_deadline", deadline=str(tracked.deadline))

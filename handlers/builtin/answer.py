@@ -7,6 +7,11 @@ pending: answering part of the blocking events re-idles the session with the res
 notification runs this handler again, which finds the answered ones recorded and skips them.
 
 Routed by default for idle notifications whose stop reason is `requires_action`.
+
+Its table (`AnswerConfig`) comes from `[tools]`, `[approvals]`, `[forward]` (where a person is
+asked) and `[worker] lease_seconds` (handlers/plugin_config.py). It also needs idlehook's store
+(tool calls and approvals are recorded there), so wiring builds it with the service's engine
+(`wiring.answer_handler`); loaded as a bare entry point it has none and refuses to run.
 """
 
 import asyncio
@@ -14,62 +19,74 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
 from handlers.tools.blocking import blocking_events
 from handlers.tools.confirm import Confirmer
 from handlers.tools.registry import ToolRegistry
 from handlers.tools.runner import CustomToolAnswerer, ToolCallBusy
-from idlehook import HandlerContext
-from idlehook.settings import Settings
-from store.engine import make_engine
+from idlehook import HandlerContext, PermanentError
+from idlehook.settings import ApprovalSettings, ForwardSettings, ToolsSettings
+
+
+class AnswerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # How long a worker holds a custom tool call it runs before another may take it over.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    tools: ToolsSettings = Field(default_factory=ToolsSettings)
+    approvals: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
 
 
 class AnswerHandler:
     name = "answer"
+    Config = AnswerConfig
 
     def __init__(
         self,
+        config: AnswerConfig | None = None,
+        *,
         engine: Engine | None = None,
         tools: ToolRegistry | None = None,
         transport: Any = None,
     ) -> None:
-        # Built by wiring with the service's engine; loaded as a bare entry point it opens its
-        # own from the settings on first use.
+        self.config = config or AnswerConfig()
         self._engine = engine
         self._tools = tools
         self.transport = transport  # for the forward notice; tests may pass one
 
-    def _ready(self, settings: Settings) -> tuple[Engine, ToolRegistry]:
+    def _ready(self) -> tuple[Engine, ToolRegistry]:
         if self._engine is None:
-            self._engine = make_engine(settings.database_url, pool_size=2)
+            raise PermanentError("answer needs idlehook's store: build it with wiring")
         if self._tools is None:
-            self._tools = ToolRegistry.load(settings.tools.modules, settings.tools.idempotent)
+            self._tools = ToolRegistry.load(self.config.tools.modules, self.config.tools.idempotent)
         return self._engine, self._tools
 
     async def handle(self, ctx: HandlerContext) -> None:
-        engine, tools = await asyncio.to_thread(self._ready, ctx.settings)
+        engine, tools = await asyncio.to_thread(self._ready)
         waiting = await blocking_events(ctx.client, ctx.session_id)
         if not waiting:
             ctx.log.info("answer.nothing_waiting")
             return
-        settings = ctx.settings
+        config = self.config
         custom = CustomToolAnswerer(
             engine,
             ctx.client,
             tools,
             # One owner per attempt: a retried run of a dead worker is a different owner.
             owner=f"{ctx.event.delivery_id}:{ctx.attempt}:{uuid.uuid4().hex[:8]}",
-            lease=timedelta(seconds=settings.worker.lease_seconds),
-            timeout=settings.tools.timeout_seconds,
+            lease=timedelta(seconds=config.lease_seconds),
+            timeout=config.tools.timeout_seconds,
             now=ctx.now,
-            answer_unknown=settings.tools.unknown == "error",
+            answer_unknown=config.tools.unknown == "error",
         )
         confirmer = Confirmer(
             engine,
             ctx.client,
-            settings.approvals,
-            settings.forward,
+            config.approvals,
+            config.forward,
             now=ctx.now,
             transport=self.transport,
         )

@@ -1,6 +1,10 @@
 """`archive`: the transcript (`events.jsonl`, every event as the API returned it, in order) and
 `result.json`, under `<results_dir>/<session_id>/`.
 
+`result.json` lists the files the session produced only with `[archive] list_files = true` (one
+more API call per result); otherwise its `files` is null: not listed, not "none". Its table
+(`ArchiveConfig`) comes from `results_dir` and `[archive]` (handlers/plugin_config.py).
+
 A session that takes follow-ups rests more than once, and each rest is archived: `events.jsonl`
 always holds the whole transcript and `result.json` the latest result, and every result is also
 kept as `turns/<n>-result.json`, n counting the session's rests (idles and terminations) so far,
@@ -16,9 +20,10 @@ import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from idlehook import HandlerContext, PermanentError
+from pydantic import BaseModel, ConfigDict
+
+from idlehook import BetaManagedAgentsSessionEvent, HandlerContext, PermanentError
 
 # Session ids become directory names: nothing that could climb out of results_dir.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,199}$")
@@ -26,7 +31,14 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,199}$")
 RESTS = ("session.status_idle", "session.status_terminated")
 
 
-def turn_number(events: Iterable[Any]) -> int:
+class ArchiveConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    results_dir: Path | None = None  # None: the shared `results_dir` (ctx.config)
+    list_files: bool = False
+
+
+def turn_number(events: Iterable[BetaManagedAgentsSessionEvent]) -> int:
     """How many times the session has come to rest in this transcript: the latest turn's n."""
     return sum(1 for e in events if getattr(e, "type", None) in RESTS)
 
@@ -52,17 +64,20 @@ def write_atomic(path: Path, lines: Iterable[str]) -> None:
 
 class ArchiveHandler:
     name = "archive"
+    reads_only = True  # never wakes the session (handlers/builtin/delete.py relies on it)
 
-    def __init__(self, results_dir: Path | None = None) -> None:
-        self.results_dir = results_dir  # None: Settings.results_dir
+    Config = ArchiveConfig
+
+    def __init__(self, config: ArchiveConfig | None = None) -> None:
+        self.config = config or ArchiveConfig()
 
     async def handle(self, ctx: HandlerContext) -> None:
         session_id = ctx.session_id
         if not _SAFE_ID.match(session_id):
             raise PermanentError(f"session id unsafe as a directory name: {session_id!r}")
-        result = await ctx.result()
+        result = await ctx.result(files=self.config.list_files)
         events = await ctx.events()
-        folder = (self.results_dir or ctx.settings.results_dir) / session_id
+        folder = (self.config.results_dir or ctx.config.results_dir) / session_id
         write_atomic(
             folder / "events.jsonl",
             (json.dumps(e.to_dict(mode="json"), ensure_ascii=False) + "\n" for e in events),
@@ -71,5 +86,5 @@ class ArchiveHandler:
         # The turn's own copy first: result.json, the latest, never runs ahead of its turn file.
         write_atomic(turn_result_path(folder, turn_number(events)), [text])
         write_atomic(folder / "result.json", [text])
-        await ctx.mark_session(result_captured=True, transcript_saved=True, result=result)
+        await ctx.record_saved(result)
         ctx.log.info("archive.written", path=str(folder), events=len(events))

@@ -10,6 +10,7 @@ BUDGET_REACHED = "budget_reached"
 
 class LogHandler:
     name = "log"
+    reads_only = True  # never wakes the session (handlers/builtin/delete.py relies on it)
 
     async def handle(self, ctx: HandlerContext) -> None:
         result = await ctx.result()
@@ -24,7 +25,7 @@ class LogHandler:
             active_seconds=result.active_seconds,
             duration_seconds=result.duration_seconds,
             events=result.event_count,
-            files=len(result.files),
+            files=None if result.files is None else len(result.files),  # None: not listed
             outcomes=[o.get("result") for o in result.outcome_evaluations],
             message_chars=len(message),
             message_preview=message[:PREVIEW_CHARS],

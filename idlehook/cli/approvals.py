@@ -83,7 +83,7 @@ def _pending(p: approvals.PendingApproval) -> dict[str, Any]:
 async def _settle(settings: Settings, args: argparse.Namespace, approval_id: int) -> Settled:
     engine = wiring.open_engine(settings, pool_size=2)
     try:
-        async with wiring.api_client(settings) as client:
+        async with wiring.api_client(settings, engine) as client:
             return await settle(
                 engine,
                 client,

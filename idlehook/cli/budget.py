@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
 async def _raise(settings: Settings, session_id: str, usd: float) -> RaisedBudget:
     engine = wiring.open_engine(settings, pool_size=2)
     try:
-        async with wiring.api_client(settings, max_retries=0) as client:
+        async with wiring.api_client(settings, engine, max_retries=0) as client:
             return await wiring.launcher(settings, engine, client).raise_budget(session_id, usd)
     finally:
         engine.dispose()

@@ -44,7 +44,7 @@ def register(subparsers: Any) -> None:
 
 async def _send(args: argparse.Namespace, settings: Settings, engine: Engine) -> FollowUpResult:
     # No SDK retries: it sends no idempotency key (the follow-up settles doubt itself).
-    async with wiring.api_client(settings, max_retries=0) as client:
+    async with wiring.api_client(settings, engine, max_retries=0) as client:
         launcher = wiring.launcher(settings, engine, client)
         return await launcher.send(
             args.session,

@@ -92,7 +92,7 @@ async def _reap(
     dry_run: bool,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReapReport:
-    async with wiring.api_client(settings) as client:
+    async with wiring.api_client(settings, engine) as client:
         archive = (
             wiring.archiver(settings, engine, client) if policy.archive_before_delete else None
         )
@@ -183,7 +183,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
 
 
 async def _reconcile(settings: Settings, engine: Engine) -> SweepReport:
-    async with wiring.api_client(settings) as client:
+    async with wiring.api_client(settings, engine) as client:
         reconciler = wiring.reconciler(settings, engine, client)
         try:
             return await reconciler.sweep()

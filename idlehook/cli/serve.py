@@ -1,19 +1,25 @@
-"""`idlehook serve` (receiver, plus worker and sweeps unless --no-worker) and `idlehook db`."""
+"""`idlehook serve` (the receiver, plus a worker process running the worker and the sweeps unless
+--no-worker) and `idlehook db`."""
 
 import argparse
+import asyncio
+import contextlib
 import gc
+from collections.abc import AsyncIterator
 from typing import Any
 
-from idlehook import wiring
+from idlehook import supervise, wiring
+from idlehook.cli import prune
 from idlehook.logs import configure_logging
 from receiver import server
+from receiver.app import ExtraLifespan, ReceiverApp
 from receiver.http_guard import HttpLimits
 from store.engine import make_engine, migrate
 
 
 def register(subparsers: Any) -> None:
     serve = subparsers.add_parser(
-        "serve", help="receive signed webhooks; run the worker and sweeps in-process"
+        "serve", help="receive signed webhooks; run the worker and sweeps in a process of their own"
     )
     serve.add_argument("--host", default=None, help="bind address (default from config)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8080)")
@@ -29,6 +35,7 @@ def register(subparsers: Any) -> None:
     db_commands.add_parser("migrate", help="bring the schema up to date").set_defaults(
         func=run_migrate
     )
+    prune.register(db_commands)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -38,7 +45,17 @@ def run_serve(args: argparse.Namespace) -> int:
     configure_logging(json=True if args.log_json else settings.json_logs, cache=True)
     # Before anything opens a file: the open-file limit up, the connection cap under it.
     limits = server.prepare(HttpLimits.from_settings(settings.http))
-    svc = wiring.service(settings, run_worker=not args.no_worker)
+    # The worker and the sweeps run in a process of their own (idlehook/supervise.py): in this
+    # one they took the event loop and SQLite's lock from the webhook path.
+    worker: supervise.Supervisor | None = None
+    if not args.no_worker:
+        worker = supervise.Supervisor(supervise.worker_argv(args.config, args.log_json))
+    svc = wiring.service(
+        settings,
+        run_worker=False,
+        on_new=worker.wake if worker is not None else None,
+        lifespan=_worker_process(worker) if worker is not None else None,
+    )
     # Everything built so far lives as long as the process: out of the collector's sight, a
     # full collection no longer walks the SDK's and SQLAlchemy's objects (p99 ack 100 ms -> 10 ms
     # under load, bench/README.md).
@@ -53,6 +70,23 @@ def run_serve(args: argparse.Namespace) -> int:
     finally:
         svc.inbox.close()  # no writer process outlives the receiver; disposes the engine too
     return 0 if started else 3  # uvicorn's own exit code for a server that never started
+
+
+def _worker_process(worker: supervise.Supervisor) -> ExtraLifespan:
+    """The worker process for as long as the receiver serves: started once service() has
+    migrated the schema; stopped in the lifespan's shutdown, because uvicorn re-raises the
+    SIGTERM it caught once it returns, and nothing after `server.run` would get to run."""
+
+    @contextlib.asynccontextmanager
+    async def run(_: ReceiverApp) -> AsyncIterator[None]:
+        worker.start()
+        try:
+            yield
+        finally:
+            # SIGTERM: in-flight runs finish; SIGKILL after a deadline.
+            await asyncio.to_thread(worker.stop)
+
+    return run
 
 
 def run_migrate(args: argparse.Namespace) -> int:

@@ -183,7 +183,7 @@ async def _start(
     args: argparse.Namespace, settings: Settings, engine: Engine, report: progress.Report
 ) -> list[LaunchResult]:
     # Launch retries go through the durable queue, never the SDK: it sends no idempotency key.
-    async with wiring.api_client(settings, max_retries=0) as client:
+    async with wiring.api_client(settings, engine, max_retries=0) as client:
         return await _launch(args, wiring.launcher(settings, engine, client), report)
 
 

@@ -1,6 +1,8 @@
 """`idlehook worker`, `idlehook replay`, `idlehook status`: the run queue from a shell.
 
-idlehook worker [--drain]          claim and run handler runs until SIGTERM/SIGINT
+idlehook worker [--drain] [--sweeps]   claim and run handler runs until SIGTERM/SIGINT; with
+                                      --sweeps also the launch queue and the sweeps (what
+                                      `idlehook serve` runs as its worker process)
 idlehook replay [--id N]... [--handler NAME] [--session ID]   re-run dead letters
 idlehook status [--json] [--dead N]   queue depth, runs by state, dead letters, sessions,
                                       deliveries stored, the local journal
@@ -11,16 +13,18 @@ import asyncio
 import json
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
-from idlehook import wiring
+from idlehook import supervise, wiring
 from idlehook.settings import Settings
 from store import approvals
 from store.intake_counts import IntakeCounts, intake_counts
@@ -30,6 +34,8 @@ from store.runs import QueueStatus, RunStore
 from store.sessions import unsaved_outcomes
 from store.watch import EndpointRecord, endpoint_record
 
+log = structlog.get_logger(__name__)
+
 
 def register(subparsers: Any) -> None:
     worker = subparsers.add_parser("worker", help="run handler plugins for stored notifications")
@@ -37,6 +43,14 @@ def register(subparsers: Any) -> None:
         "--drain", action="store_true", help="exit once nothing is claimable (batch mode)"
     )
     worker.add_argument("--concurrency", type=int, default=None, help="runs at once (default 8)")
+    worker.add_argument(
+        "--sweeps",
+        action="store_true",
+        help="also drain the launch queue and run the watchdog, reconciler, approvals sweep and "
+        "scheduled reaper (as `serve`'s worker process does)",
+    )
+    # Given by `idlehook serve` to the worker process it supervises (idlehook/supervise.py).
+    worker.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(func=run_worker)
 
     replay = subparsers.add_parser("replay", help="re-run dead-lettered handler runs")
@@ -59,26 +73,49 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.concurrency is not None:
         worker_settings = settings.worker.model_copy(update={"concurrency": args.concurrency})
         settings = settings.model_copy(update={"worker": worker_settings})
+    if args.sweeps and args.drain:
+        raise wiring.ConfigError("--sweeps runs until stopped; it cannot be combined with --drain")
     engine = wiring.open_engine(settings)
     try:
-        asyncio.run(_work(settings, engine, drain=args.drain))
+        asyncio.run(_work(settings, engine, args))
     finally:
         engine.dispose()
     return 0
 
 
-async def _work(settings: Settings, engine: Engine, drain: bool) -> None:
-    async with wiring.api_client(settings) as client:
-        worker = wiring.worker(settings, engine, client)
+async def _work(settings: Settings, engine: Engine, args: argparse.Namespace) -> None:
+    async with wiring.api_client(settings, engine) as client:
+        if args.sweeps:
+            work = wiring.background(settings, engine, client)
+            stop, wake, run = work.stop, work.worker.wake, work.run()
+        else:
+            worker = wiring.worker(settings, engine, client)
+            stop, wake, run = worker.stop, worker.wake, worker.run(drain=args.drain)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             # Graceful: stop claiming, let in-flight runs finish (their leases cover a crash).
-            loop.add_signal_handler(sig, worker.stop)
+            loop.add_signal_handler(sig, stop)
+        if args.parent_fd is not None:
+            _follow_parent(loop, args.parent_fd, stop, wake)
         try:
-            await worker.run(drain=drain)
+            await run
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+
+
+def _follow_parent(
+    loop: asyncio.AbstractEventLoop, fd: int, stop: Callable[[], None], wake: Callable[[], None]
+) -> None:
+    """`serve`'s worker process: claim when serve says new work is stored; once serve is gone
+    (even SIGKILLed), stop, and exit after a short grace whatever is still in flight."""
+
+    def gone() -> None:
+        log.warning("worker.parent_gone", grace_seconds=supervise.ORPHAN_GRACE_SECONDS)
+        supervise.exit_after(supervise.ORPHAN_GRACE_SECONDS)
+        loop.call_soon_threadsafe(stop)
+
+    supervise.watch_parent(fd, on_wake=wake, on_gone=gone)
 
 
 def run_replay(args: argparse.Namespace) -> int:

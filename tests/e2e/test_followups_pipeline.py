@@ -147,7 +147,7 @@ def test_a_finished_session_takes_follow_ups_and_every_turn_is_archived(
 
         # Turn 4 through the Python API.
         async def python_api() -> FollowUpResult:
-            async with wiring.api_client(s.settings, max_retries=0) as client:
+            async with wiring.api_client(s.settings, s.svc.engine, max_retries=0) as client:
                 launcher = wiring.launcher(s.settings, s.svc.engine, client)
                 return await launcher.send(session_id, "turn four #script:long:4")
 

@@ -42,7 +42,7 @@ class Stack(Running):
 
     def reap(self, *, later: timedelta = timedelta(0), **policy: Any) -> ReapReport:
         async def run() -> ReapReport:
-            async with wiring.api_client(self.settings) as client:
+            async with wiring.api_client(self.settings, self.svc.engine) as client:
                 chosen = replace(wiring.reap_policy(self.settings), **policy)
                 archive = wiring.archiver(self.settings, self.svc.engine, client)
                 reaper = wiring.reaper(self.settings, self.svc.engine, client, chosen, archive)

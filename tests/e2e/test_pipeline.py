@@ -128,7 +128,7 @@ def test_dropped_webhooks_are_reconciled_once_late_ones_ignored_then_reaped(
         assert not any(s.archived(sid) for sid in ids)  # nothing arrived
 
         async def sweep() -> Any:
-            async with wiring.api_client(s.settings) as api:
+            async with wiring.api_client(s.settings, s.svc.engine) as api:
                 return await wiring.reconciler(s.settings, s.svc.engine, api).sweep()
 
         report = asyncio.run(sweep())
@@ -158,7 +158,7 @@ def test_dropped_webhooks_are_reconciled_once_late_ones_ignored_then_reaped(
 
         # And the reaper deletes them, now that their results are saved.
         async def reap() -> Any:
-            async with wiring.api_client(s.settings) as api:
+            async with wiring.api_client(s.settings, s.svc.engine) as api:
                 policy = wiring.reap_policy(s.settings, idle_for="0s")
                 return await wiring.reaper(s.settings, s.svc.engine, api, policy).run()
 

@@ -5,8 +5,29 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from handlers.builtin.answer import AnswerHandler
+from handlers.builtin.archive import ArchiveHandler
+from handlers.builtin.delete import DeleteHandler
+from handlers.builtin.forward import ForwardHandler
+from handlers.builtin.log import LogHandler
+from handlers.plugin_config import plugin_tables
+from handlers.registry import build
 from handlers.worker import Worker
-from idlehook import HandlerContext, PermanentError
+from idlehook import Handler, HandlerContext, PermanentError
+from idlehook.settings import Settings
+
+_BUILTINS: dict[str, type[Any]] = {
+    cls.name: cls
+    for cls in (LogHandler, ArchiveHandler, ForwardHandler, DeleteHandler, AnswerHandler)
+}
+
+
+def builtins(settings: Settings, *names: str) -> list[Handler]:
+    """The named built-ins (default: log, archive, forward, delete), built the way startup
+    builds them: their tables from `settings`, validated by their `Config`."""
+    tables = plugin_tables(settings)
+    chosen = names or ("log", "archive", "forward", "delete")
+    return [build(_BUILTINS[name], name, tables.get(name)) for name in chosen]
 
 
 class Recorder:

@@ -19,16 +19,14 @@ from emulator.app import create_emulator
 from emulator.clock import SpeedClock
 from emulator.config import EmulatorConfig
 from emulator.core import Emulator
-from handlers.builtin.archive import ArchiveHandler
 from handlers.builtin.delete import DeleteHandler, moved_on
-from handlers.builtin.forward import ForwardHandler
-from handlers.builtin.log import LogHandler
 from handlers.registry import Registry
 from handlers.worker import Worker
 from idlehook import HandlerContext
-from idlehook.settings import ForwardSettings, RouteRule, Settings
+from idlehook.settings import ArchiveSettings, ForwardSettings, RouteRule, Settings
 from store.runs import RunStore
 from store.sessions import SessionStore
+from tests.handlers import support
 from tests.handlers.conftest import API_KEY, Sessions
 from tests.handlers.helpers import add_delivery
 from tests.handlers.support import Recorder, run_until
@@ -38,8 +36,8 @@ IDLE = "session.status_idled"
 SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 
 
-def builtins() -> Registry:
-    return Registry([LogHandler(), ArchiveHandler(), ForwardHandler(), DeleteHandler()])
+def builtins(settings: Settings) -> Registry:
+    return Registry(support.builtins(settings))
 
 
 def with_routes(settings: Settings, *handlers: str, **update: Any) -> Settings:
@@ -51,7 +49,7 @@ async def test_archive_writes_transcript_and_result_idempotently(
     store: RunStore, engine, settings, client, sessions: Sessions
 ) -> None:
     session_id = sessions.finished(script="long:3")
-    worker = Worker(store, builtins(), client, settings)  # the default routes
+    worker = Worker(store, builtins(settings), client, settings)  # the default routes
     add_delivery(engine, IDLE, session_id)
     await run_until(worker, lambda: store.unfinished() == 0)
 
@@ -92,20 +90,30 @@ async def test_archive_writes_transcript_and_result_idempotently(
     assert snapshot() == first  # same content, and no temp files left behind
 
 
-async def test_result_lists_session_files(store, engine, settings, client, sessions) -> None:
+@pytest.mark.parametrize("list_files", [True, False], ids=["listed", "not_listed"])
+async def test_result_lists_session_files_only_when_configured(
+    store, engine, settings, client, sessions, list_files: bool
+) -> None:
     session_id = sessions.finished(script="files:2")
-    worker = Worker(store, builtins(), client, with_routes(settings, "archive"))
+    config = with_routes(settings, "archive", archive=ArchiveSettings(list_files=list_files))
+    worker = Worker(store, builtins(config), client, config)
     add_delivery(engine, IDLE, session_id)
     await run_until(worker, lambda: store.unfinished() == 0)
     result = json.loads((settings.results_dir / session_id / "result.json").read_text())
-    assert sorted(f["filename"] for f in result["files"]) == ["output-1.txt", "output-2.txt"]
+    if list_files:
+        assert sorted(f["filename"] for f in result["files"]) == ["output-1.txt", "output-2.txt"]
+    else:
+        # Not listed is said as null, never as an empty list that would claim "no files".
+        assert "files" in result
+        assert result["files"] is None
 
 
 async def test_delete_runs_after_archive_and_stops_the_session(
     store, engine, settings, client, sessions: Sessions
 ) -> None:
     session_id = sessions.finished()
-    worker = Worker(store, builtins(), client, with_routes(settings, "archive", "log", "delete"))
+    config = with_routes(settings, "archive", "log", "delete")
+    worker = Worker(store, builtins(config), client, config)
     delivery = add_delivery(engine, IDLE, session_id)
     await run_until(worker, lambda: store.unfinished() == 0)
     runs = store.runs_for_delivery(delivery)
@@ -166,7 +174,7 @@ async def test_forward_posts_a_signed_result_and_retries_on_non_2xx(
         config = with_routes(
             settings, "forward", forward=ForwardSettings(url=f"{url}/hook", secret=SECRET)
         )
-        worker = Worker(store, builtins(), client, config)
+        worker = Worker(store, builtins(config), client, config)
         delivery = add_delivery(engine, IDLE, session_id, event_id="wevt_fwd")
         await run_until(worker, lambda: store.unfinished() == 0)
     assert [(r.handler, r.state, r.attempts) for r in store.runs_for_delivery(delivery)][1] == (
@@ -193,7 +201,7 @@ async def test_forward_with_a_wrong_secret_is_rejected_and_unconfigured_is_dead(
         config = with_routes(
             settings, "forward", forward=ForwardSettings(url=f"{url}/hook", secret=wrong)
         )
-        worker = Worker(store, builtins(), client, config)
+        worker = Worker(store, builtins(config), client, config)
         bad = add_delivery(engine, IDLE, session_id)
         await run_until(worker, lambda: store.unfinished() == 0)
     assert received == []
@@ -201,7 +209,8 @@ async def test_forward_with_a_wrong_secret_is_rejected_and_unconfigured_is_dead(
     assert (run.state, run.attempts) == ("dead", settings.worker.max_attempts)
     assert "401" in (run.last_error or "")
 
-    unconfigured = Worker(store, builtins(), client, with_routes(settings, "forward"))
+    bare = with_routes(settings, "forward")
+    unconfigured = Worker(store, builtins(bare), client, bare)
     missing = add_delivery(engine, IDLE, session_id)
     await run_until(unconfigured, lambda: store.unfinished() == 0)
     run = store.runs_for_delivery(missing)[1]
@@ -278,8 +287,8 @@ def test_moved_on(status: str, change: float | None, expected: str | None) -> No
 async def test_one_deliverys_handlers_share_one_read_of_the_transcript(
     store: RunStore, settings, emulator_url: str, sessions: Sessions
 ) -> None:
-    """archive then log, for one delivery: the transcript is asked for once, not per handler;
-    the live session still once per run that needs it."""
+    """archive then log, for one delivery: the session and its transcript are read once, by the
+    routing step, and shared by both handlers; files are not listed unless configured."""
     session_id = sessions.finished(script="long:3")
     asked: list[str] = []
 
@@ -290,14 +299,13 @@ async def test_one_deliverys_handlers_share_one_read_of_the_transcript(
     async with anthropic.AsyncAnthropic(
         api_key=API_KEY, base_url=emulator_url, max_retries=0, http_client=http
     ) as client:
-        worker = Worker(store, builtins(), client, with_routes(settings, "archive", "log"))
+        config = with_routes(settings, "archive", "log")
+        worker = Worker(store, builtins(config), client, config)
         add_delivery(store.engine, IDLE, session_id)
         with structlog.testing.capture_logs() as logs:
             await run_until(worker, lambda: store.unfinished() == 0)
-    events_path = f"GET /v1/sessions/{session_id}/events"
-    # One read of the latest events to route, one of every event for archive; log reuses it.
-    assert asked.count(events_path) == 2, asked
-    assert asked.count("GET /v1/files") == 1, asked
+    # Routing reads the session and every event; archive and log read nothing more.
+    assert asked == [f"GET /v1/sessions/{session_id}", f"GET /v1/sessions/{session_id}/events"]
     [line] = [e for e in logs if e["event"] == "session.result"]
     assert (line["session_id"], line["stop_reason"]) == (session_id, "end_turn")
     assert (settings.results_dir / session_id / "result.json").exists()

@@ -1,5 +1,5 @@
-"""The README's example plugin package works: its entry point names the class, and the class,
-run by the worker on a finished session, posts that session's result."""
+"""The README's example plugin package works, tested the way its author would: only through
+`idlehook` and `idlehook.testing` (no worker, store or emulator internals)."""
 
 import importlib.util
 import sys
@@ -7,22 +7,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
+import pytest
 
-from handlers.registry import Registry
-from handlers.worker import Worker
-from idlehook.settings import RouteRule
-from store.runs import RunStore
-from store.sessions import SessionStore
-from tests.handlers.conftest import Sessions
-from tests.handlers.helpers import add_delivery
-from tests.handlers.support import run_until
-from tests.support.servers import serve
+from idlehook import PluginConfigError, testing
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "idlehook-slack"
+SLACK_PATH = "/services/T000/B000/secret-token"
 
 
 def load_example() -> Any:
@@ -43,27 +33,43 @@ def test_entry_point_names_the_handler_class() -> None:
     assert getattr(load_example(), attr).name == "slack"
 
 
-async def test_example_posts_the_result_of_a_finished_session(
-    store: RunStore, engine, settings, client, sessions: Sessions
-) -> None:
-    posted: list[dict[str, Any]] = []
+def test_example_reads_no_environment() -> None:
+    source = (EXAMPLE / "idlehook_slack.py").read_text()
+    assert "environ" not in source
+    assert "getenv" not in source
 
-    async def slack(request: Request) -> JSONResponse:
-        posted.append(await request.json())
-        return JSONResponse({"ok": True})
 
-    session_id = sessions.finished(script="long:2")
-    handler = load_example().SlackHandler
-    with serve(Starlette(routes=[Route("/hook", slack, methods=["POST"])])) as url:
-        rule = RouteRule(
-            event_types=["session.status_idled"], stop_reasons=["end_turn"], handlers=["slack"]
-        )
-        settings = settings.model_copy(update={"routes": [rule]})
-        worker = Worker(store, Registry([handler(url + "/hook")]), client, settings)
-        add_delivery(engine, "session.status_idled", session_id)
-        await run_until(worker, lambda: store.unfinished() == 0)
+async def test_example_posts_the_result_of_a_finished_session() -> None:
+    slack_handler = load_example().SlackHandler
+    async with (
+        testing.sink() as slack,
+        testing.harness(slack_handler, config={"webhook_url": slack.url + SLACK_PATH}) as h,
+    ):
+        run = await h.run(script="long:2")
 
-    assert len(posted) == 1
-    assert posted[0]["text"].startswith(f"{session_id} finished (end_turn): ")
-    assert "Part 2." in posted[0]["text"]
-    assert SessionStore(engine).get(session_id) is not None
+    assert run.succeeded, run.error
+    assert run.calls == ()  # the result came from the routing step's reads: no call of its own
+    assert [r.path for r in slack.requests] == [SLACK_PATH]
+    text = slack.requests[0].json()["text"]
+    assert text.startswith(f"{run.session_id} finished (end_turn): ")
+    assert "Part 2." in text
+    assert not run.saved  # it only notifies: the reaper still waits for an archive
+
+
+async def test_a_failing_slack_is_a_failed_run_that_does_not_show_the_url() -> None:
+    slack_handler = load_example().SlackHandler
+    async with (
+        testing.sink(status=500) as slack,
+        testing.harness(slack_handler, config={"webhook_url": slack.url + SLACK_PATH}) as h,
+    ):
+        run = await h.run()
+
+    assert run.state == "dead"
+    assert run.error == "RuntimeError: slack answered 500"
+    assert len(slack.requests) == 1
+
+
+async def test_a_missing_webhook_url_is_refused_naming_plugin_and_field() -> None:
+    with pytest.raises(PluginConfigError, match=r"plugin 'slack'.*webhook_url: Field required"):
+        async with testing.harness(load_example().SlackHandler, config={}):
+            pass

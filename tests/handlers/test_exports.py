@@ -12,3 +12,22 @@ def test_all_is_the_plugin_api() -> None:
     assert isinstance(
         type("P", (), {"name": "p", "handle": lambda self, ctx: None})(), idlehook.Handler
     )
+
+
+def test_testing_is_product_code() -> None:
+    """`idlehook.testing` ships in the wheel: it may not lean on the test suite."""
+    import ast
+    from pathlib import Path
+
+    import idlehook.testing
+
+    tree = ast.parse(Path(idlehook.testing.__file__).read_text())
+    imported = {
+        node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not [name for name in imported if name == "tests" or name.startswith("tests.")]

@@ -382,7 +382,7 @@ async def test_a_404_after_idlehook_deleted_the_session_is_done(
 
         async def handle(self, ctx: HandlerContext) -> None:
             await ctx.client.beta.sessions.delete(ctx.session_id)
-            await ctx.mark_session(deleted=True)
+            await ctx.record_deleted()
 
     ours, theirs = sessions.finished(), sessions.finished()
     registry = Registry([Reap(), ArchiveHandler()])

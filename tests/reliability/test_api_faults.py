@@ -70,7 +70,7 @@ def test_handlers_and_reaper_ride_out_429_storms_5xx_and_slow_pages(
 
             # The reaper, in the same storm: retries sweeps until every session is gone.
             async def reap() -> Any:
-                async with wiring.api_client(settings, max_retries=2) as api:
+                async with wiring.api_client(settings, svc.engine, max_retries=2) as api:
                     policy = wiring.reap_policy(settings, idle_for="0s")
                     return await wiring.reaper(settings, svc.engine, api, policy).run()
 

@@ -17,7 +17,6 @@ from starlette.applications import Starlette
 from receiver.budget_api import budget_routes
 from sessions.budget import BudgetNotFound, BudgetRefused, InvalidBudget
 from sessions.launcher import Launcher, LaunchRequest
-from sessions.pacing import Pacer
 from store.engine import make_engine
 from store.sessions import SessionStore
 from tests.sessions.test_launch_helpers import API_KEY, World, launcher_for, world
@@ -174,9 +173,7 @@ async def test_the_apis_own_refusal_reads_the_same(w: World, sqlite_url: str) ->
     )
     engine = make_engine(sqlite_url, pool_size=2)
     try:
-        launcher = Launcher(
-            engine, client, Pacer(engine, {"create": 6000, "read": 6000}), owner="t"
-        )
+        launcher = Launcher(engine, client, owner="t")
         with pytest.raises(BudgetRefused) as caught:
             await launcher.raise_budget(session_id, 10)
     finally:

@@ -166,7 +166,8 @@ def test_what_api_failures_mean() -> None:
     )
     assert limited is not None
     assert not limited.maybe_done
-    assert limited.penalty_s == 3.0
+    assert isinstance(limited.error, FollowUpUnavailable)
+    assert limited.error.retry_after_s == 3.0
 
     paused = classify(_status_error(400, "the session is paused on its budget"), "sesn_1", "k1")
     assert paused is not None

@@ -23,9 +23,8 @@ from sessions.launcher import Launcher, LaunchRequest
 from sessions.metadata import DEADLINE_KEY, format_deadline
 from sessions.session_view import parse_rfc3339
 from store import followups as rows
-from store.launches import LaunchStore
 from store.models import FollowUpState, utcnow
-from store.sessions import SessionStore, SessionUpdate
+from store.sessions import SessionStore
 from tests.sessions.test_launch_helpers import API_KEY, World, launcher_for, world
 from tests.support import cli
 from tests.support.servers import serve, wait_for
@@ -199,8 +198,8 @@ async def test_the_deadline_is_rearmed_and_the_reap_marks_cleared(
     allowance = deadline_of(w, session_id) - created  # type: ignore[operator]
     sessions = SessionStore(launcher.store.engine)
     # The watchdog had interrupted it and handed it to the reaper.
-    marks = {"reap_requested_at": utcnow(), "interrupted_at": utcnow()}
-    sessions.record(session_id, SessionUpdate(extra={**marks, "interrupt_reason": "x"}), utcnow())
+    sessions.record_interrupt(session_id, "x", utcnow())
+    sessions.request_reap([session_id], utcnow())
     updates = w.emu.requests[UPDATE]
 
     before = datetime.now(UTC)
@@ -278,7 +277,7 @@ async def test_sessions_that_cannot_take_a_message_are_refused(
 
     deleted = await start(w, launcher, "first")
     client.beta.sessions.delete(deleted)
-    LaunchStore(launcher.store.engine).mark_deleted(deleted)
+    SessionStore(launcher.store.engine).mark_deleted(deleted, utcnow())
     with pytest.raises(SessionClosed, match="was deleted"):
         await launcher.send(deleted, "hello?")
 

@@ -11,7 +11,6 @@ import pytest
 
 from sessions.launch_queue import LaunchDrainer
 from sessions.launcher import Launcher, LaunchRejected, LaunchRequest
-from sessions.pacing import Pacer
 from store.engine import make_engine
 from store.models import Launch, TrackedSession
 from tests.sessions.test_launch_helpers import API_KEY, World, launcher_for, world
@@ -191,8 +190,7 @@ async def test_the_apis_model_not_budgetable_fails_the_launch_clearly(sqlite_url
         )
         engine = make_engine(sqlite_url, pool_size=4)
         try:
-            pacer = Pacer(engine, {"create": 60_000, "read": 60_000})
-            launcher = Launcher(engine, client, pacer, owner="tests", priced_models=["*"])
+            launcher = Launcher(engine, client, owner="tests", priced_models=["*"])
             with pytest.raises(LaunchRejected) as caught:
                 await launcher.start(request(w, budget_usd=5))
         finally:

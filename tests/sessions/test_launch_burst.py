@@ -1,12 +1,11 @@
 """A fan-out of 1,000 launches through two workers' drainers: at the limit, no 429, none lost
 or doubled. The emulator runs at speed 15 (its minute lasts 4 real seconds) with the API's own
-create limit of 300 per minute, i.e. 75 creates per real second; both drainers share one
-store-backed gate set just under it."""
+create limit of 300 per minute, i.e. 75 creates per real second; both drainers' clients share one
+store-backed budget set just under it."""
 
 import asyncio
 from collections import Counter
 
-import anthropic
 import pytest
 from sqlmodel import Session, select
 
@@ -15,6 +14,7 @@ from sessions.launcher import Launcher, LaunchRequest
 from sessions.pacing import Pacer
 from store.engine import make_engine
 from store.models import Launch
+from tests.sessions.paced import paced_client
 from tests.sessions.test_launch_helpers import API_KEY, world
 
 SPEED = 15.0
@@ -38,8 +38,7 @@ async def test_a_thousand_launches_at_the_limit_without_429s(postgres_url: str) 
             launchers = [
                 Launcher(
                     engine,
-                    anthropic.AsyncAnthropic(api_key=API_KEY, base_url=w.url, max_retries=0),
-                    Pacer(engine, rpm, block=4),
+                    paced_client(w.url, Pacer(engine, rpm, block=4), api_key=API_KEY),
                     owner="burst",
                 )
                 for engine in engines

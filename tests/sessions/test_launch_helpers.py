@@ -14,6 +14,7 @@ from emulator.core import Emulator
 from sessions.launcher import Launcher
 from sessions.pacing import Pacer
 from store.engine import make_engine
+from tests.sessions.paced import paced_client
 from tests.support.servers import serve
 
 API_KEY = "sk-test-launcher"
@@ -30,7 +31,10 @@ class World:
     def sync_client(self) -> anthropic.Anthropic:
         return anthropic.Anthropic(api_key=API_KEY, base_url=self.url, max_retries=0)
 
-    def async_client(self) -> anthropic.AsyncAnthropic:
+    def async_client(self, pacer: Pacer | None = None) -> anthropic.AsyncAnthropic:
+        """On the paced transport when given a pacer, as idlehook builds its clients."""
+        if pacer is not None:
+            return paced_client(self.url, pacer, api_key=API_KEY)
         return anthropic.AsyncAnthropic(api_key=API_KEY, base_url=self.url, max_retries=0)
 
     def open_streams(self) -> int:
@@ -73,6 +77,6 @@ def launcher_for(
     try:
         pacer = Pacer(engine, rpm or {"create": 60_000, "read": 60_000}, block=block)
         kwargs.setdefault("owner", "tests")
-        yield Launcher(engine, w.async_client(), pacer, **kwargs)
+        yield Launcher(engine, w.async_client(pacer), **kwargs)
     finally:
         engine.dispose()

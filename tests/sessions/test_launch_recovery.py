@@ -15,10 +15,12 @@ import sqlalchemy.exc
 
 from sessions.launch_queue import decide
 from sessions.launcher import Launcher, LaunchRejected, LaunchRequest
+from sessions.paced_transport import PacedTransport
 from sessions.pacing import Pacer
 from store.engine import make_engine
-from store.launches import LaunchStore, NewLaunch, SessionFacts
+from store.launches import LaunchStore, NewLaunch
 from store.models import Launch, LaunchState
+from store.sessions import Launched, SessionUpdate
 from tests.sessions.test_launch_helpers import API_KEY, World, launcher_for, world
 from tests.sessions.test_launcher import rows
 
@@ -52,15 +54,17 @@ class LoseResponses(httpx.AsyncBaseTransport):
 def lossy_launcher(
     w: World, db_url: str, lose: dict[str, int], **kwargs: Any
 ) -> Iterator[Launcher]:
+    engine = make_engine(db_url, pool_size=4)
+    # Paced above the lossy network, as wiring.api_client paces above the real one.
+    paced = PacedTransport(LoseResponses(lose), Pacer(engine, RPM))
     client = anthropic.AsyncAnthropic(
         api_key=API_KEY,
         base_url=w.url,
         max_retries=0,
-        http_client=httpx.AsyncClient(transport=LoseResponses(lose)),
+        http_client=httpx.AsyncClient(transport=paced),
     )
-    engine = make_engine(db_url, pool_size=4)
     try:
-        yield Launcher(engine, client, Pacer(engine, RPM), owner="tests", **kwargs)
+        yield Launcher(engine, client, owner="tests", **kwargs)
     finally:
         engine.dispose()
 
@@ -109,8 +113,8 @@ def _unreachable_store(db_url: str, tmp_path: Path) -> str:
 
 
 async def test_a_store_outage_is_retried_not_failed(db_url: str, tmp_path: Path) -> None:
-    # The pacer's store is down: the launch waits in the queue (no attempt counted, even with
-    # max_attempts=1) and is created once the store answers again.
+    # The store the client's pacer takes its slots from is down: the launch waits in the queue
+    # (no attempt counted, even with max_attempts=1) and is created once the store answers.
     broken = make_engine(_unreachable_store(db_url, tmp_path), pool_size=1)
     engine = make_engine(db_url, pool_size=4)
     try:
@@ -119,7 +123,7 @@ async def test_a_store_outage_is_retried_not_failed(db_url: str, tmp_path: Path)
                 agent=w.agent_id, environment=w.limited_env, message="x", idempotency_key="job-2"
             )
             down = Launcher(
-                engine, w.async_client(), Pacer(broken, RPM), owner="tests", max_attempts=1
+                engine, w.async_client(Pacer(broken, RPM)), owner="tests", max_attempts=1
             )
             waiting = await down.start(request, wait_seconds=0.1)
             assert waiting.state == "queued"
@@ -175,17 +179,15 @@ def test_a_stale_claim_by_the_same_owner_is_fenced_out(db_url: str) -> None:
         assert fresh.id is not None
 
         old = stale.lease_owner
-        facts = SessionFacts(
-            id="sesn_stale", owner="t", agent_id="a", agent_version=1, environment_id="e",
-            route=None, title=None, metadata={}, deadline=None, status="running", created_at=None,
-        )  # fmt: skip
+        seen = SessionUpdate(agent_id="a", agent_version=1, environment_id="e", status="running")
+        facts = Launched("sesn_stale", owner="t", route=None, deadline=None, seen=seen)
         assert not store.begin_create(fresh.id, old, lease)
         assert not store.extend(fresh.id, old, lease)
         assert not store.retry(fresh.id, old, at=clock(), error="x", outcome_unknown=True)
         assert not store.fail(fresh.id, old, "x")
         assert not store.complete(fresh.id, old, facts)
         assert store.begin_create(fresh.id, fresh.lease_owner, lease)
-        assert store.complete(fresh.id, fresh.lease_owner, replace(facts, id="sesn_fresh"))
+        assert store.complete(fresh.id, fresh.lease_owner, replace(facts, session_id="sesn_fresh"))
         assert store.get(fresh.id).session_id == "sesn_fresh"  # type: ignore[union-attr]
     finally:
         engine.dispose()

@@ -275,7 +275,6 @@ async def test_a_create_with_unknown_outcome_is_found_not_doubled(sqlite_url: st
     import anthropic
 
     from sessions.launcher import Launcher
-    from sessions.pacing import Pacer
     from tests.sessions.test_launch_helpers import API_KEY
 
     with world() as w:
@@ -288,8 +287,7 @@ async def test_a_create_with_unknown_outcome_is_found_not_doubled(sqlite_url: st
         )
         engine = make_engine(sqlite_url, pool_size=4)
         try:
-            pacer = Pacer(engine, {"create": 60_000, "read": 60_000})
-            launcher = Launcher(engine, client, pacer, owner="tests")
+            launcher = Launcher(engine, client, owner="tests")
             result = await launcher.start(
                 LaunchRequest(agent=w.agent_id, environment=w.limited_env, message="once")
             )

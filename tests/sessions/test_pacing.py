@@ -81,11 +81,11 @@ async def test_penalise_holds_every_caller_back(engines) -> None:
     first = Pacer(engines[0], {"create": 600}, now=clock.now, sleep=clock.sleep)
     second = Pacer(engines[1], {"create": 600}, now=clock.now, sleep=clock.sleep)
     await first.acquire("create")
-    first.penalise("create", 7.5)
+    await first.penalise("create", 7.5)
     await second.acquire("create")
     assert clock.slept == pytest.approx([7.5])
     # A shorter penalty never pulls the gate back in.
-    first.penalise("create", 1.0)
+    await first.penalise("create", 1.0)
     await second.acquire("create")
     assert clock.slept[-1] == pytest.approx(7.6)
 

@@ -17,6 +17,7 @@ from sessions.reconciler import Reconciler
 from store import audit
 from store.engine import make_engine
 from store.models import ReaperActionKind, TrackedSession
+from tests.sessions.paced import paced_calls, paced_client
 from tests.sessions.reaping import (
     LONG_RUN,
     OWNER,
@@ -241,20 +242,22 @@ async def test_a_saved_idle_session_costs_three_calls_to_delete(api, engine, ran
     assert not {s.id for s in sessions} & live_ids(api)
 
 
-class MeetingGate:
-    """Lets calls through only once `parties` of them are waiting together, then all freely."""
+class Meeting(httpx.AsyncBaseTransport):
+    """Lets requests through only once `parties` of them are waiting together, then freely."""
 
     def __init__(self, parties: int) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
         self.barrier = asyncio.Barrier(parties)
         self.met = False
 
-    async def acquire(self, kind: str) -> None:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if not self.met:
             await self.barrier.wait()
             self.met = True
+        return await self.inner.handle_async_request(request)
 
-    def penalise(self, kind: str, retry_after_s: float) -> None:
-        pass
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 async def test_sessions_are_judged_and_deleted_several_at_once(api, engine):
@@ -264,9 +267,10 @@ async def test_sessions_are_judged_and_deleted_several_at_once(api, engine):
             track(engine, session.id, saved=True)
         # The list call goes first, alone; then four sessions' reads must be waiting at once,
         # which a reaper judging one session at a time never gets to.
-        listed = Reaper(client, engine, POLICY, gate=MeetingGate(1), concurrency=4)
-        plan = await listed.plan()
-        reaper = Reaper(client, engine, POLICY, gate=MeetingGate(4), concurrency=4)
+        plan = await Reaper(client, engine, POLICY, concurrency=4).plan()
+    meeting = httpx.AsyncClient(transport=Meeting(4))
+    async with api.client(http_client=meeting) as client:
+        reaper = Reaper(client, engine, POLICY, concurrency=4)
         report = await asyncio.wait_for(reaper.execute(plan), timeout=10)
 
     assert [o.session_id for o in report.outcomes] == [s.id for s in sessions]  # plan order
@@ -446,40 +450,46 @@ def test_pacing_keeps_deletes_under_the_rate_limit(sqlite_url):
     # Speed 60: the emulator's "minute" is one real second, so 20 reads/min is 20 per second.
     try:
         with emulator(speed=60.0, rate_limits={"read_per_minute": 20}) as api:
-            asyncio.run(_paced_then_unpaced(api, engine))
+            asyncio.run(_paced_then_squeezed(api, engine))
     finally:
         engine.dispose()
 
 
-async def _paced_then_unpaced(api, engine):
+async def _paced_then_squeezed(api, engine):
     async with api.client(max_retries=20) as client:  # setup only: let the SDK wait out 429s
         sessions = [await new_session(api, client) for _ in range(4)]
     for session in sessions:
         track(engine, session.id, saved=True)
     api.emu.limiter.reset()
     api.emu.rate_limited.clear()
+    requests_before = sum(api.emu.requests.values())
 
-    async with api.client() as client:
-        pacer = Pacer(engine, rpm={"create": 60, "read": 600})  # 10 per second: half the limit
-        report = await Reaper(client, engine, POLICY, gate=pacer).run()
+    before = paced_calls("read")
+    pacer = Pacer(engine, rpm={"create": 60, "read": 600})  # 10 per second: half the limit
+    async with paced_client(api.url, pacer) as client:
+        report = await Reaper(client, engine, POLICY).run()
 
     assert sum(api.emu.rate_limited.values()) == 0
     assert report.rate_limited == 0
     assert set(report.ids(ReaperActionKind.DELETED)) == {s.id for s in sessions}
+    # Every request the reaper made took a slot in the shared budget.
+    assert paced_calls("read") - before == sum(api.emu.requests.values()) - requests_before
 
-    # Without the gate the same work bursts past a (now tighter) limit; the 429s are honoured
-    # (retry-after) and retried, and everything is still deleted.
+    # A budget believed far above a (now tighter) limit: the 429s push the read class back by
+    # the server's retry-after, the calls are retried behind that, and everything is deleted.
     async with api.client(max_retries=20) as client:
         more = [await new_session(api, client) for _ in range(2)]
     for session in more:
         track(engine, session.id, saved=True)
     api.emu.apply_config({"rate_limits": {"read_per_minute": 3}})
     api.emu.limiter.reset()
-    async with api.client() as client:
-        unpaced = await Reaper(client, engine, POLICY, max_rate_retries=50).run()
-    assert unpaced.rate_limited > 0
-    assert unpaced.ok
-    assert set(unpaced.ids(ReaperActionKind.DELETED)) == {s.id for s in more}
+    api.emu.rate_limited.clear()
+    async with paced_client(api.url, engine) as client:
+        squeezed = await Reaper(client, engine, POLICY, max_rate_retries=50).run()
+    assert squeezed.rate_limited > 0
+    assert squeezed.rate_limited == sum(api.emu.rate_limited.values())
+    assert squeezed.ok
+    assert set(squeezed.ids(ReaperActionKind.DELETED)) == {s.id for s in more}
 
 
 async def test_a_server_error_is_a_failure_not_a_refusal(api, sqlite_url):

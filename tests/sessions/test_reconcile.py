@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import httpx2  # the SDK's own HTTP package (a fork of httpx)
 import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
@@ -20,7 +21,6 @@ from sqlmodel import Session, col, select
 
 from receiver.app import create_app
 from receiver.config import ReceiverConfig
-from sessions.reap_io import OpenGate
 from sessions.reconciler import Reconciler, late_duplicate, synthetic_delivery
 from store.audit import transition_event_id
 from store.engine import make_engine
@@ -208,23 +208,23 @@ async def test_webhook_first_means_no_synthetic_delivery(world):
     assert world.deliveries("reconcile") == []
 
 
-class LateWebhookGate:
-    """An open gate that, on the sweep's second API call (after the list, so after the sweep
-    read which deliveries it has seen), first lets the dropped webhook in."""
+class LateWebhook(httpx2.AsyncBaseTransport):
+    """The network, on the sweep's second API call (after the list, so after the sweep read
+    which deliveries it has seen): first the dropped webhook comes in."""
 
     def __init__(self, world: World, event: dict[str, Any]) -> None:
         self.world, self.event = world, event
         self.calls = 0
-        self.inner = OpenGate()
+        self.inner = httpx2.AsyncHTTPTransport()
 
-    async def acquire(self, kind: str) -> None:
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         self.calls += 1
         if self.calls == 2:
             await asyncio.to_thread(self.world.post_late, self.event)
-        await self.inner.acquire(kind)
+        return await self.inner.handle_async_request(request)
 
-    def penalise(self, kind: str, retry_after_s: float) -> None:
-        self.inner.penalise(kind, retry_after_s)
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 async def test_a_webhook_arriving_during_the_sweep_gets_no_synthetic_twin(world):
@@ -233,11 +233,11 @@ async def test_a_webhook_arriving_during_the_sweep_gets_no_synthetic_twin(world)
         session = await new_session(world.api, client)
         [event] = await poll(lambda: _emitted(world, session.id))
         world.drop_webhooks(False)
-        gate = LateWebhookGate(world, event)
+    late = LateWebhook(world, event)
+    async with world.api.client(http_client=httpx2.AsyncClient(transport=late)) as client:
+        report = await reconciler(world, client).sweep()
 
-        report = await reconciler(world, client, gate=gate).sweep()
-
-    assert gate.calls >= 2  # the webhook did come in mid-sweep
+    assert late.calls >= 2  # the webhook did come in mid-sweep
     assert event["id"] in {d.event_id for d in world.deliveries("webhook")}
     assert report.synthesised == []
     assert world.deliveries("reconcile") == []

@@ -22,11 +22,11 @@ from emulator.clock import SpeedClock
 from emulator.config import EmulatorConfig
 from emulator.core import Emulator
 from sessions import reconciler as reconciler_module
-from sessions.reap_io import OpenGate
 from sessions.reconciler import Reconciler
 from store.audit import transition_event_id
 from store.engine import make_engine
 from store.models import Delivery, Source, TrackedSession
+from tests.sessions.paced import paced_calls, paced_client
 from tests.sessions.reaping import LONG_RUN, Api, _bootstrap, new_session, poll, track
 from tests.support.servers import serve
 
@@ -41,18 +41,6 @@ class Shift:
 
     def now(self) -> datetime:
         return datetime.now(UTC) + self.offset
-
-
-class CountingGate(OpenGate):
-    """An open gate that counts what it lets through, by rate class."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.acquired: dict[str, int] = {}
-
-    async def acquire(self, kind: str) -> None:
-        self.acquired[kind] = self.acquired.get(kind, 0) + 1
-        await super().acquire(kind)
 
 
 @contextmanager
@@ -216,23 +204,22 @@ async def test_each_sweep_stays_within_its_call_budget_and_works_through_a_backl
     # Five sessions a page: the rotating scan sees a few of them a sweep, so a check is one
     # call (listed) or two (a retrieve first).
     monkeypatch.setattr(reconciler_module, "PAGE", 5)
-    async with api.client() as client:
-        sessions = [await new_session(api, client) for _ in range(12)]
-        for s in sessions:
-            track(engine, s.id)
-        gate = CountingGate()
+    async with api.client() as setup:
+        sessions = [await new_session(api, setup) for _ in range(12)]
+    for s in sessions:
+        track(engine, s.id)
+    async with paced_client(api.url, engine) as client:
         budget = 8
-        rec = Reconciler(
-            client, engine, gate=gate, settle=timedelta(0), max_calls=budget, scan_pages=1
-        )
+        rec = Reconciler(client, engine, settle=timedelta(0), max_calls=budget, scan_pages=1)
         reports = []
         for _ in range(6):
-            before, paced = reads(api), sum(gate.acquired.values())
+            before, paced = reads(api), paced_calls("read")
+            creates = paced_calls("create")
             report = await rec.sweep()
             made = reads(api) - before
-            # Every call counted is one the emulator answered, and one the read gate paced.
-            assert made == report.calls == sum(gate.acquired.values()) - paced
-            assert set(gate.acquired) == {"read"}
+            # Every call counted is one the emulator answered, and one the read budget paced.
+            assert made == report.calls == paced_calls("read") - paced
+            assert paced_calls("create") == creates
             assert report.calls <= budget
             reports.append(report)
             if len(synthetic(engine)) == len(sessions):

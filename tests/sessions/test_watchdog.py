@@ -33,7 +33,7 @@ def tracked(db_url: str, session_id: str) -> TrackedSession:
 def watchdog_for(w, db_url: str, **kwargs) -> tuple[Watchdog, Engine]:
     engine = make_engine(db_url, pool_size=4)
     pacer = Pacer(engine, {"create": 60_000, "read": 60_000})
-    return Watchdog(engine, w.async_client(), pacer, **kwargs), engine
+    return Watchdog(engine, w.async_client(pacer), **kwargs), engine
 
 
 def view(**fields) -> TrackedSession:

@@ -48,7 +48,7 @@ class Stack(Running):
         return int(self.emulator.requests.get(STREAM, 0))
 
     async def reconcile(self) -> Any:
-        async with wiring.api_client(self.settings) as api:
+        async with wiring.api_client(self.settings, self.svc.engine) as api:
             return await wiring.reconciler(self.settings, self.svc.engine, api).sweep()
 
 

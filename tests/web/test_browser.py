@@ -73,7 +73,7 @@ def test_page_renders_real_data_in_headless_chromium(sqlite_url: str, tmp_path: 
         s.settle(archived=3)
 
         async def reap() -> None:
-            async with wiring.api_client(s.settings) as api:
+            async with wiring.api_client(s.settings, s.svc.engine) as api:
                 policy = wiring.reap_policy(s.settings, idle_for="0s")
                 await wiring.reaper(s.settings, s.svc.engine, api, policy).run(dry_run=True)
 

@@ -1,0 +1,106 @@
+"""Every request of an SDK client through the shared Pacer: pacing below the SDK, not beside it.
+
+The API limits each organization to 300 creates (agents, sessions, vaults) and 600 other agents,
+sessions and vaults calls a minute. `PacedTransport` sits under the SDK's http client, so every
+request a client idlehook builds sends (the worker's routing, every plugin's `ctx.client`, the
+launcher, the sweeps, the SDK's own retries) waits for its slot in the store-backed budget that
+all processes share; nothing has to remember to ask. A 429 pushes the whole class back by the
+server's `retry-after` before the response goes up to the SDK, so the SDK's retry, which honours
+the same header, comes back through here and waits its turn.
+
+Routes outside those two classes are sent as they are: environments have a budget of their own
+(60 a minute, read rarely and cached by the launcher), files follow the standard tier.
+"""
+
+import socket
+from typing import Any, Literal
+
+import httpx2 as httpx  # the SDK's own HTTP package (a fork of httpx)
+import structlog
+from anthropic import DEFAULT_CONNECTION_LIMITS, DefaultAsyncHttpxClient
+from httpx2._utils import get_environment_proxies
+
+from sessions.metrics import API_PACED_CALLS
+from sessions.pacing import Pacer
+from sessions.retry_after import retry_after_seconds
+
+log = structlog.get_logger(__name__)
+
+RateClass = Literal["create", "read"]
+# The resources whose calls the API counts: creating one is "create", anything else "read".
+RATED = frozenset({"agents", "sessions", "vaults"})
+# A 429 without a usable `retry-after` still holds the class back this long.
+DEFAULT_RETRY_AFTER_S = 1.0
+
+
+def rate_class(method: str, path: str) -> RateClass | None:
+    """`POST /v1/sessions` -> "create", `GET /v1/sessions/{id}/events` -> "read",
+    `GET /v1/files` -> None. A prefix before `/v1` (a gateway's) is allowed."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if "v1" not in parts:
+        return None
+    rest = parts[parts.index("v1") + 1 :]
+    if not rest or rest[0] not in RATED:
+        return None
+    return "create" if method.upper() == "POST" and len(rest) == 1 else "read"
+
+
+class PacedTransport(httpx.AsyncBaseTransport):
+    """Wait for `pacer`'s slot before each rated request; after a 429, push its class back."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, pacer: Pacer) -> None:
+        self.inner = inner
+        self.pacer = pacer
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        kind = rate_class(request.method, request.url.path)
+        if kind is None:
+            return await self.inner.handle_async_request(request)
+        await self.pacer.acquire(kind)
+        API_PACED_CALLS.labels(kind).inc()
+        response = await self.inner.handle_async_request(request)
+        if response.status_code == 429:
+            asked = retry_after_seconds(response.headers)
+            wait = DEFAULT_RETRY_AFTER_S if asked is None else asked
+            try:
+                await self.pacer.penalise(kind, wait)
+            except Exception as exc:
+                # The 429 still goes up (the caller backs off); only the shared push-back is
+                # lost, and the next slot taken is paced as usual.
+                log.warning("pacer.penalise_failed", kind=kind, error=type(exc).__name__)
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def paced_http_client(pacer: Pacer, **kwargs: Any) -> httpx.AsyncClient:
+    """The SDK's own http client (its timeout, connection limits, TCP keep-alive, proxies from
+    the environment) with every request, proxied or not, through `pacer`.
+
+    httpx ignores `limits` and the environment's proxies once given a transport, so both are
+    applied here, as the SDK applies them to the transports it builds itself.
+    """
+
+    def paced(proxy: str | None) -> PacedTransport:
+        inner = httpx.AsyncHTTPTransport(
+            limits=DEFAULT_CONNECTION_LIMITS, socket_options=_keepalive(), proxy=proxy
+        )
+        return PacedTransport(inner, pacer)
+
+    # A pattern mounted to None (NO_PROXY) falls back to the default, paced, transport.
+    mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+        pattern: None if proxy is None else paced(proxy)
+        for pattern, proxy in get_environment_proxies().items()
+    }
+    return DefaultAsyncHttpxClient(transport=paced(None), mounts=mounts, **kwargs)
+
+
+def _keepalive() -> list[tuple[int, int, int]]:
+    """The SDK's TCP keep-alive: a connection idle behind a NAT is probed, not silently cut."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (("TCP_KEEPINTVL", 60), ("TCP_KEEPCNT", 5), ("TCP_KEEPIDLE", 60)):
+        option = getattr(socket, name, None)
+        if option is not None:
+            options.append((socket.IPPROTO_TCP, option, value))
+    return options
