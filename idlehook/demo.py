@@ -25,13 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 import uvicorn
 from anthropic import AsyncAnthropic
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlmodel import Session, select
+from sqlalchemy.engine import Engine
 
 from emulator.app import create_emulator
 from emulator.config import EmulatorConfig
@@ -46,14 +45,10 @@ from idlehook.settings import (
 )
 from sessions.durations import parse_duration
 from sessions.launcher import LaunchRequest
-from store.models import (
-    Delivery,
-    HandlerRun,
-    ReaperActionKind,
-    RunState,
-    Source,
-    TrackedSession,
-)
+from store.contents import read_all
+from store.models import HandlerRun, ReaperActionKind, RunState, Source
+from store.runs import RunStore
+from store.sessions import SessionStore
 
 WEBHOOK_PATH = "/webhooks/anthropic"
 IDLE_TYPES = ["session.status_idled", "session.idled"]
@@ -356,24 +351,15 @@ def _emitted_idle(emulator: Emulator, session_id: str) -> bool:
     )
 
 
-def _settled(engine: sa.Engine, settings: Settings, case: Case, session_id: str) -> bool:
+def _settled(engine: Engine, settings: Settings, case: Case, session_id: str) -> bool:
     if case.archived:
         return (settings.results_dir / session_id / "result.json").exists()
-    with Session(engine) as db:
-        row = db.get(TrackedSession, session_id)
-        return row is not None and row.stop_reason == "requires_action"
+    row = SessionStore(engine).get(session_id)
+    return row is not None and row.stop_reason == "requires_action"
 
 
-def _unfinished_runs(engine: sa.Engine) -> int:
-    with Session(engine) as db:
-        query = (
-            select(sa.func.count())
-            .select_from(HandlerRun)
-            .where(
-                HandlerRun.state.in_([RunState.PENDING, RunState.RUNNING, RunState.FAILED])  # type: ignore[attr-defined]
-            )
-        )
-        return int(db.exec(query).one())
+def _unfinished_runs(engine: Engine) -> int:
+    return RunStore(engine).unfinished()
 
 
 async def _summarise(
@@ -387,10 +373,8 @@ async def _summarise(
 ) -> None:
     engine = svc.engine
     deleted_ids = set(reap.ids(ReaperActionKind.DELETED))
-    with Session(engine) as db:
-        deliveries = db.exec(select(Delivery)).all()
-        runs = db.exec(select(HandlerRun)).all()
-        tracked = {t.id: t for t in db.exec(select(TrackedSession)).all()}
+    contents = read_all(engine)
+    deliveries, runs, tracked = contents.deliveries, contents.runs, contents.tracked
     by_session: dict[str, list[HandlerRun]] = {}
     delivery_session = {d.id: d.session_id for d in deliveries}
     for run in runs:

@@ -14,10 +14,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from store.models import Approval, ApprovalState, TrackedSession
+from store import sessions as tracked_sessions
+from store.models import Approval, ApprovalState
 
 _approvals = Approval.__table__  # type: ignore[attr-defined]
-_sessions = TrackedSession.__table__  # type: ignore[attr-defined]
 
 
 class Decision(StrEnum):
@@ -224,11 +224,7 @@ def expire(engine: Engine, now: datetime, message: str) -> list[ApprovalView]:
     sessions = sorted({v.session_id for v in denied})
     if sessions:
         with engine.begin() as conn:
-            conn.execute(
-                _sessions.update()
-                .where(_sessions.c.id.in_(sessions), _sessions.c.reap_requested_at.is_(None))
-                .values(reap_requested_at=now, updated_at=now)
-            )
+            tracked_sessions.request_reap(conn, sessions, now)
     return denied
 
 

@@ -1,8 +1,8 @@
 """What the reaper and the reconciler read and write in the store.
 
-Reaper: the facts its guards need (tracked rows, unfinished handler runs per session), its audit
-rows, and `deleted_at`. Reconciler: whether a transition was already delivered (its cursors and
-what it watches are store/watch.py).
+Reaper: the facts its guards need (tracked rows, unfinished handler runs per session) and its
+audit rows (`deleted_at` is store/sessions.py's `mark_deleted`). Reconciler: whether a transition
+was already delivered (its cursors and what it watches are store/watch.py).
 """
 
 from collections.abc import Collection, Iterable, Sequence
@@ -72,18 +72,6 @@ def reaper_actions(engine: Engine, *, run_id: str | None = None) -> list[ReaperA
         query = query.where(ReaperAction.run_id == run_id)
     with Session(engine) as db:
         return list(db.exec(query))
-
-
-def mark_deleted(engine: Engine, session_id: str, at: datetime) -> None:
-    """Set `deleted_at`; a session we never tracked gets a row, so the fact is kept."""
-    with Session(engine) as db:
-        row = db.get(TrackedSession, session_id)
-        if row is None:
-            row = TrackedSession(id=session_id, first_seen_at=at, updated_at=at)
-        row.deleted_at = at
-        row.updated_at = at
-        db.add(row)
-        db.commit()
 
 
 # -- reconciler ------------------------------------------------------------------------------

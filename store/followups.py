@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from store.models import FollowUp, FollowUpState, TrackedSession
+from store import sessions as tracked_sessions
+from store.models import FollowUp, FollowUpState
 
 _rows = FollowUp.__table__  # type: ignore[attr-defined]
-_tracked = TrackedSession.__table__  # type: ignore[attr-defined]
 
 
 class Next(StrEnum):
@@ -206,16 +206,7 @@ def mark_sent(
             updated_at=now,
         )
         if done:
-            conn.execute(
-                _tracked.update()
-                .where(_tracked.c.id == session_id)
-                .values(
-                    reap_requested_at=None,
-                    interrupted_at=None,
-                    interrupt_reason=None,
-                    updated_at=now,
-                )
-            )
+            tracked_sessions.expect_new_run(conn, session_id, now)
     return done
 
 
@@ -253,20 +244,3 @@ def sent_event_ids(engine: Engine, session_id: str) -> set[str]:
             )
         ).all()
     return {str(r[0]) for r in rows}
-
-
-def rearm_tracked(
-    engine: Engine,
-    session_id: str,
-    *,
-    deadline: datetime,
-    metadata: dict[str, str] | None,
-    now: datetime,
-) -> None:
-    """Move a tracked session's deadline (and its copy of the metadata) ahead of a new run.
-    A session idlehook does not track stays untracked."""
-    values: dict[str, Any] = {"deadline": deadline, "updated_at": now}
-    if metadata is not None:
-        values["metadata"] = dict(metadata)
-    with engine.begin() as conn:
-        conn.execute(_tracked.update().where(_tracked.c.id == session_id).values(**values))

@@ -1,4 +1,5 @@
-"""The launch queue and the sessions it launched: every write the launcher and watchdog make.
+"""The launch queue and its preflight cache, and the reads of the sessions it launched (their
+rows are written by store/sessions.py, the one writer of `tracked_sessions`).
 
 A launch row moves queued -> creating -> created, or back to queued for a retry, or to failed.
 Workers claim rows under a lease; every later write is fenced on the lease token that claim wrote,
@@ -17,8 +18,10 @@ from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from store import sessions as tracked_sessions
 from store.engine import is_sqlite
 from store.models import EnvironmentCheck, Launch, LaunchState, TrackedSession, utcnow
+from store.sessions import Launched
 
 UNFINISHED = (LaunchState.QUEUED, LaunchState.CREATING)
 QUIET_STATUSES = ("idle", "terminated")
@@ -28,23 +31,6 @@ QUIET_STATUSES = ("idle", "terminated")
 class NewLaunch:
     idempotency_key: str
     request: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class SessionFacts:
-    """What the launcher knows about a session it just created, for `tracked_sessions`."""
-
-    id: str
-    owner: str
-    agent_id: str
-    agent_version: int | None
-    environment_id: str
-    route: str | None
-    title: str | None
-    metadata: dict[str, str]
-    deadline: datetime | None
-    status: str | None
-    created_at: datetime | None
 
 
 class LaunchStore:
@@ -238,36 +224,28 @@ class LaunchStore:
             values["outcome_unknown"] = True
         return self._fenced(launch_id, token, **values)
 
-    def complete(self, launch_id: int, token: str, facts: SessionFacts) -> bool:
+    def complete(self, launch_id: int, token: str, launched: Launched) -> bool:
         """Mark the launch created and track its session, in one transaction."""
         now = self._now()
-        for _ in range(2):
-            try:
-                with self._session() as db:
-                    done = db.execute(
-                        sa.update(Launch)
-                        .where(col(Launch.id) == launch_id, col(Launch.lease_owner) == token)
-                        .values(
-                            state=LaunchState.CREATED,
-                            session_id=facts.id,
-                            agent_version=facts.agent_version,
-                            error=None,
-                            lease_owner=None,
-                            lease_expires_at=None,
-                            finished_at=now,
-                            updated_at=now,
-                        )
-                    )
-                    if not cast("CursorResult[Any]", done).rowcount:
-                        return False
-                    _upsert_tracked(db, facts, now)
-                    db.commit()
-                    return True
-            except IntegrityError:
-                # The worker's routing step tracked the session first (its webhook won the
-                # race): go round again, this time as an update.
-                continue
-        return False
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                sa.update(Launch)
+                .where(col(Launch.id) == launch_id, col(Launch.lease_owner) == token)
+                .values(
+                    state=LaunchState.CREATED,
+                    session_id=launched.session_id,
+                    agent_version=launched.seen.agent_version,
+                    error=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    finished_at=now,
+                    updated_at=now,
+                )
+            )
+            if not cast("CursorResult[Any]", done).rowcount:
+                return False
+            tracked_sessions.record_launch(conn, launched, now)
+            return True
 
     def recent(self, states: Iterable[str] | None = None, limit: int = 50) -> list[Launch]:
         query = select(Launch).order_by(col(Launch.id).desc()).limit(limit)
@@ -318,7 +296,7 @@ class LaunchStore:
             except IntegrityError:
                 continue
 
-    # --- tracked sessions (launcher, watchdog, `idlehook sessions`) -----------------------------
+    # --- tracked sessions, read (launcher, watchdog, `idlehook sessions`) -----------------------
 
     def tracked(self, limit: int = 100, include_deleted: bool = False) -> list[TrackedSession]:
         query = (
@@ -360,70 +338,3 @@ class LaunchStore:
         )
         with self._session() as db:
             return list(db.exec(query))
-
-    def record_poll(
-        self,
-        session_id: str,
-        *,
-        status: str,
-        active_seconds: float | None,
-        cost_usd: float | None,
-        token_usd: float | None = None,
-    ) -> None:
-        now = self._now()
-        with self._session() as db:
-            row = db.get(TrackedSession, session_id)
-            if row is None:
-                return
-            if row.status != status:
-                row.status = status
-                row.status_at = now
-            row.polled_at = now
-            if active_seconds is not None:
-                row.active_seconds = active_seconds
-            if cost_usd is not None:
-                row.cost_usd = cost_usd
-            if token_usd is not None:
-                row.token_usd = token_usd
-            row.updated_at = now
-            db.add(row)
-            db.commit()
-
-    def request_reap(self, session_id: str) -> None:
-        self._update_tracked(session_id, reap_requested_at=self._now())
-
-    def mark_deleted(self, session_id: str) -> None:
-        self._update_tracked(session_id, deleted_at=self._now())
-
-    def _update_tracked(self, session_id: str, **values: Any) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.update(TrackedSession)
-                .where(col(TrackedSession.id) == session_id)
-                .values(updated_at=self._now(), **values)
-            )
-
-
-def _upsert_tracked(db: Session, facts: SessionFacts, now: datetime) -> None:
-    row = db.get(TrackedSession, facts.id)
-    if row is None:
-        row = TrackedSession(id=facts.id, first_seen_at=now)
-        row.status = facts.status
-        row.status_at = now
-    elif row.status is None:
-        row.status = facts.status
-        row.status_at = now
-    # A webhook may already have moved the status on; the create response is older news.
-    row.launched_by_us = True
-    row.owner = facts.owner
-    row.agent_id = facts.agent_id
-    row.agent_version = facts.agent_version
-    row.environment_id = facts.environment_id
-    row.route = facts.route
-    row.title = facts.title
-    row.session_metadata = dict(facts.metadata)
-    row.deadline = facts.deadline
-    row.created_at = facts.created_at
-    row.updated_at = now
-    db.add(row)
-    db.flush()

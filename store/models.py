@@ -140,7 +140,8 @@ class HandlerRun(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("delivery_id", "handler", name="uq_handler_runs_delivery_handler"),
         sa.Index("ix_handler_runs_claim", "state", "next_attempt_at"),
-        sa.Index("ix_handler_runs_lane_order", "lane", "delivery_id", "position"),
+        # The claim's per-lane checks read only a lane's unfinished runs (migration 0010).
+        sa.Index("ix_handler_runs_lane_state", "lane", "state", "delivery_id", "position"),
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -161,16 +161,6 @@ def with_status_deliveries(
     return found
 
 
-def mark_deleted(engine: Engine, session_id: str, at: datetime) -> None:
-    """A tracked session the API no longer has (404): settled for good."""
-    with engine.begin() as conn:
-        conn.execute(
-            _tracked.update()
-            .where(_tracked.c.id == session_id, _tracked.c.deleted_at.is_(None))
-            .values(deleted_at=at, updated_at=at)
-        )
-
-
 # -- named instants (reconcile_cursors rows) ---------------------------------------------------
 
 

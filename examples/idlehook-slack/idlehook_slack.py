@@ -1,6 +1,10 @@
 """Post each finished session's result to a Slack incoming webhook.
 
-Install next to idlehook (`pip install ./examples/idlehook-slack`) and name `slack` in a route:
+Install next to idlehook (`pip install ./examples/idlehook-slack`), give it its table, and name
+`slack` in a route:
+
+    [plugins.slack]
+    webhook_url = "https://hooks.slack.com/services/..."  # or IDLEHOOK_PLUGINS__SLACK__WEBHOOK_URL
 
     [[routes]]
     event_types = ["session.status_idled"]
@@ -8,25 +12,39 @@ Install next to idlehook (`pip install ./examples/idlehook-slack`) and name `sla
     handlers = ["archive", "slack"]
 """
 
-import os
-
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from idlehook import HandlerContext, PermanentError
+from idlehook import HandlerContext
+
+
+class SlackConfig(BaseModel):
+    """`[plugins.slack]`, validated when idlehook starts: a typo or a missing URL stops it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    webhook_url: SecretStr  # the URL is the credential: never logged
+    max_chars: int = Field(default=500, ge=1)
+    timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class SlackHandler:
     name = "slack"
+    reads_only = True  # it never wakes the session
+    Config = SlackConfig
 
-    def __init__(self, url: str | None = None) -> None:
-        self.url = url or os.environ.get("SLACK_WEBHOOK_URL")
+    def __init__(self, config: SlackConfig) -> None:
+        self.config = config
 
     async def handle(self, ctx: HandlerContext) -> None:
-        if not self.url:
-            raise PermanentError("SLACK_WEBHOOK_URL is not set")  # dead-lettered at once
         result = await ctx.result()
-        summary = (result.final_message or "")[:500]
+        summary = (result.final_message or "")[: self.config.max_chars]
         text = f"{result.session_id} finished ({result.stop_reason}): {summary}"
-        async with httpx.AsyncClient(timeout=10) as http:
-            response = await http.post(self.url, json={"text": text})
-            response.raise_for_status()  # non-2xx: retried with backoff, then dead-lettered
+        async with httpx.AsyncClient(timeout=self.config.timeout_seconds) as http:
+            response = await http.post(
+                self.config.webhook_url.get_secret_value(), json={"text": text}
+            )
+        if not response.is_success:
+            # Retried with backoff, then dead-lettered. Not raise_for_status(): its message
+            # holds the URL, which is the secret, and would land in the run's last error.
+            raise RuntimeError(f"slack answered {response.status_code}")

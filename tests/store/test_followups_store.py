@@ -102,12 +102,12 @@ def test_a_refused_send_can_be_tried_again_without_looking(engine: Engine) -> No
 
 def test_sent_clears_the_tracked_sessions_reap_and_interrupt_marks(engine: Engine) -> None:
     sessions = SessionStore(engine)
-    marks = {"reap_requested_at": T0, "interrupted_at": T0, "interrupt_reason": "past_deadline"}
-    sessions.record("sesn_1", SessionUpdate(status="idle", extra=marks), T0)
+    sessions.record("sesn_1", SessionUpdate(status="idle"), T0)
+    sessions.record_interrupt("sesn_1", "past_deadline", T0)
+    sessions.request_reap(["sesn_1"], T0)
     first = claim(engine, "a")
     assert begin(engine, first.row.id, "a")
-    rows.rearm_tracked(
-        engine,
+    sessions.rearm(
         "sesn_1",
         deadline=T0 + timedelta(hours=2),
         metadata={"idlehook_deadline": "2026-12-03T14:00:00Z"},
@@ -125,7 +125,7 @@ def test_sent_clears_the_tracked_sessions_reap_and_interrupt_marks(engine: Engin
     assert tracked.session_metadata == {"idlehook_deadline": "2026-12-03T14:00:00Z"}
     assert tracked.status == "idle"  # the webhooks say when it runs
     # A session we do not track stays untracked.
-    rows.rearm_tracked(engine, "sesn_other", deadline=T0, metadata=None, now=T0)
+    sessions.rearm("sesn_other", deadline=T0, metadata=None, now=T0)
     assert sessions.get("sesn_other") is None
 
 

@@ -61,9 +61,11 @@ class PostgresFactory:
             conn.execute(sql)  # type: ignore[arg-type]
 
     @contextmanager
-    def database(self) -> Iterator[str]:
+    def database(self, *, migrated: bool = True) -> Iterator[str]:
+        """A fresh database: a copy of the migrated template, or (migrated=False) empty."""
         name = f"idlehook_t_{uuid.uuid4().hex[:12]}"
-        self._exec(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        template = f' TEMPLATE "{self.template}"' if migrated else ""
+        self._exec(f'CREATE DATABASE "{name}"{template}')
         try:
             yield self._url_for(name)
         finally:
