@@ -448,6 +448,19 @@ CASES = [
 ]
 
 
+async def swept_once(http: httpx.AsyncClient, s: Stack, timeout: float = 60) -> None:
+    """Wait for the worker process's first reconcile sweep (it lists sessions as it starts):
+    launched into that sweep, sessions whose run-start webhook is still in flight are each
+    checked, a start-up cost that would otherwise be counted as the route's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await sample(http, s)).requests.get("GET /v1/sessions", 0) > 0:
+            await asyncio.sleep(1.0)  # the rest of that sweep
+            return
+        await asyncio.sleep(0.25)
+    raise RuntimeError("the worker process never swept: is it running?")
+
+
 async def quiet(
     http: httpx.AsyncClient, s: Stack, done: Callable[[Sample], bool], timeout: float
 ) -> tuple[Sample, bool]:
@@ -478,6 +491,7 @@ async def route_case(workdir: Path, case: RouteCase) -> dict[str, Any]:
     ) as s:
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=100)) as http:
             agent, env = await setup(s)
+            await swept_once(http, s)
             before = await sample(http, s)
             tasks = await launch_at(http, s, agent, env, 10.0, n)
             ids = [sid for sid in await asyncio.gather(*tasks) if sid]

@@ -36,7 +36,8 @@ from bench.common import (
     save,
     wait_http,
 )
-from idlehook.settings import WorkerSettings, env_value
+from handlers.config import WorkerSettings
+from idlehook.settings import env_value
 
 RATE = float(str(env_value("BENCH_E2E_RATE", "8")))
 SECONDS = float(str(env_value("BENCH_E2E_SECONDS", "20")))

@@ -3,7 +3,8 @@
 Imports nothing of `idlehook` at runtime: `idlehook/__init__.py` re-exports this module.
 
 A handler succeeds by returning. Raising retries the run with backoff; raising `PermanentError`
-dead-letters it at once. Plugins import these names from `idlehook`, never from here.
+dead-letters it at once. Third-party plugins import these names from `idlehook`; the built-ins
+(handlers/builtin/) import them from here, since `handlers` never imports `idlehook`.
 
 What a handler is handed holds no secret of idlehook's: its own `[plugins.<name>]` table reaches
 its constructor (handlers/registry.py), and `ctx.config` is `SharedConfig`, the few facts every

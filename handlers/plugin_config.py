@@ -10,19 +10,19 @@ each setting has one place.
 from typing import Any
 
 from handlers.api import SharedConfig
-from idlehook.settings import Settings
+from handlers.config import HandlerSettings
 
 BUILTINS = ("log", "archive", "forward", "delete", "answer")
 
 
-def shared_config(settings: Settings) -> SharedConfig:
+def shared_config(settings: HandlerSettings) -> SharedConfig:
     """`ctx.config`: the facts every plugin may read, none of them secret."""
     return SharedConfig(
         results_dir=settings.results_dir, pricing=settings.pricing(), owner=settings.owner
     )
 
 
-def builtin_tables(settings: Settings) -> dict[str, dict[str, Any]]:
+def builtin_tables(settings: HandlerSettings) -> dict[str, dict[str, Any]]:
     """The built-ins' tables, from their sections."""
     return {
         "archive": {
@@ -41,7 +41,7 @@ def builtin_tables(settings: Settings) -> dict[str, dict[str, Any]]:
     }
 
 
-def plugin_tables(settings: Settings) -> dict[str, dict[str, Any]]:
+def plugin_tables(settings: HandlerSettings) -> dict[str, dict[str, Any]]:
     """Every plugin's table: the built-ins' from their sections, the others' from `[plugins]`.
 
     Raises ValueError for a `[plugins.<built-in>]` table."""

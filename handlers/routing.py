@@ -1,5 +1,5 @@
 """The routing step (`_route` runs): gather session facts if a rule needs them, record them on
-the tracked session, and decide the handlers. The decision itself is `router.route` (pure).
+the tracked session, and decide the handlers. The decision itself is `route_rules.route` (pure).
 
 A transition no rule wants costs no API call. One a rule wants costs two: the session, and, when
 it is idle, its whole transcript (one page for an ordinary session), from which the latest stop
@@ -16,11 +16,11 @@ from anthropic import AsyncAnthropic
 from anthropic.types.beta import BetaManagedAgentsSession
 
 from handlers.billing import Pricing, session_cost
+from handlers.config import RouteRule
 from handlers.events import DELETED_TYPES, implied_status, is_session_event
 from handlers.reads import DeliveryReads, read_transcript
 from handlers.result import latest_stop_reason
-from handlers.router import RouteDecision, SessionFacts, needs_session, route
-from idlehook.settings import RouteRule
+from handlers.route_rules import RouteDecision, RouteFacts, needs_session, route
 from store.runs import DeliveryView
 from store.sessions import SessionUpdate
 
@@ -28,14 +28,14 @@ from store.sessions import SessionUpdate
 @dataclass(frozen=True)
 class RoutingOutcome:
     decision: RouteDecision
-    facts: SessionFacts | None
+    facts: RouteFacts | None
     update: SessionUpdate | None  # None: not about a session, nothing to record
     fetched: bool
     session_gone: bool = False
 
 
-def _facts(session: BetaManagedAgentsSession, stop_reason: str | None) -> SessionFacts:
-    return SessionFacts(
+def _facts(session: BetaManagedAgentsSession, stop_reason: str | None) -> RouteFacts:
+    return RouteFacts(
         status=session.status,
         stop_reason=stop_reason,
         agent_id=session.agent.id if session.agent is not None else None,

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 
 from handlers.api import Notification, WakeReader
 from handlers.events import RUNNING_TYPES
-from store import audit, followups
+from store import delivered, followups
 from store.models import FollowUpState
 
 # A follow-up's clock is its sender's host, not the worker's: a send this close before the read
@@ -39,7 +39,7 @@ def _woken(engine: Engine, event: Notification, since: datetime, seen: frozenset
             continue  # the read saw it: its turn came before the read
         if row.sent_at >= since - CLOCK_SKEW:
             return True
-    found = audit.deliveries_since(
+    found = delivered.deliveries_since(
         engine, [event.session_id], RUNNING_TYPES, event.received_at - LOOKBACK
     )
     return any(d.id > event.delivery_id for d in found.get(event.session_id, []))

@@ -7,6 +7,7 @@ Concurrency is bounded by `Settings.worker.concurrency`; lanes keep one session'
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import os
 import socket
 import time
@@ -21,21 +22,22 @@ from anthropic import AsyncAnthropic
 
 from handlers import metrics
 from handlers.api import HandlerContext, Notification, PriorRun
-from handlers.events import DELETED_TYPES, is_known
+from handlers.config import HandlerSettings
+from handlers.events import DELETED_TYPES, STATUS_TYPES, is_known
 from handlers.marking import interruption_reader, session_marker
 from handlers.plugin_config import shared_config
 from handlers.reads import DeliveryReads
+from handlers.redact import redact_secrets
 from handlers.registry import Registry
 from handlers.retry import PermanentError, next_attempt
-from handlers.router import candidate_rules
+from handlers.route_rules import candidate_rules
 from handlers.routing import route_delivery
+from handlers.twins import late_duplicate
 from handlers.wakes import wake_reader
-from idlehook.logs import redact_secrets
-from idlehook.settings import Settings
-from sessions.reconciler import late_duplicate
+from store import delivered
 from store.models import RunState, utcnow
 from store.runs import ROUTE_HANDLER, ClaimedRun, DeliveryView, RunStore
-from store.sessions import SessionStore
+from store.sessions import SessionStore, SessionUpdate
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +79,7 @@ class Worker:
         store: RunStore,
         registry: Registry,
         client: AsyncAnthropic,
-        settings: Settings,
+        settings: HandlerSettings,
         *,
         now: Callable[[], datetime] = utcnow,
         worker_id: str | None = None,
@@ -294,9 +296,10 @@ class Worker:
             reads=self._reads_for(delivery.id, fresh=True),
         )
         if outcome.update is not None and delivery.session_id is not None:
-            await asyncio.to_thread(
-                self.sessions.record, delivery.session_id, outcome.update, self.now()
-            )
+            update = outcome.update
+            if not outcome.fetched and update.status is not None:
+                update = await asyncio.to_thread(self._unless_superseded, delivery, update)
+            await asyncio.to_thread(self.sessions.record, delivery.session_id, update, self.now())
         known = is_known(delivery.event_type)
         metrics.NOTIFICATIONS.labels(
             event_type=delivery.event_type if known else "unknown",
@@ -316,6 +319,18 @@ class Worker:
             session_gone=outcome.session_gone,
         )
         return list(outcome.decision.handlers)
+
+    def _unless_superseded(self, delivery: DeliveryView, update: SessionUpdate) -> SessionUpdate:
+        """A status implied by a notification (nothing fetched) is news only while no later
+        status notification is stored. Routed late behind a backlog, a run start must not mark
+        a session busy that has rested since (its idle stored, not yet routed): the reconciler
+        would take it for a wake and spend a read on it."""
+        assert delivery.session_id is not None
+        if delivered.newer_delivery(
+            self.store.engine, delivery.session_id, delivery.id, STATUS_TYPES
+        ):
+            return dataclasses.replace(update, status=None)
+        return update
 
     def _reads_for(self, delivery_id: int, fresh: bool = False) -> DeliveryReads:
         """The reads this delivery's routing and earlier handlers made here, if recent; else

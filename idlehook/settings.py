@@ -2,15 +2,16 @@
 
 Sources, highest first: keyword arguments (tests), environment (`IDLEHOOK_*`, plus the SDK's own
 `ANTHROPIC_*` names), the TOML file (`--config`, default `./idlehook.toml`), then defaults. This
-module is the only reader of the environment.
+module is the only reader of the environment. The sections the worker and the plugins read
+(`[[routes]]`, `[worker]`, `[archive]`, `[forward]`, `[tools]`, `[approvals]`) are defined in
+handlers/config.py, since `handlers` never imports `idlehook`; the others are here.
 """
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,114 +21,23 @@ from pydantic_settings import (
 )
 
 from handlers.billing import BillingModel, Pricing
+from handlers.config import (
+    ApprovalSettings,
+    ArchiveSettings,
+    ForwardSettings,
+    RouteRule,
+    Section,
+    ToolsSettings,
+    WorkerSettings,
+    check_duration,
+    default_routes,
+)
+from handlers.durations import parse_duration
 
 DEFAULT_CONFIG_PATH = Path("idlehook.toml")
 
 
-class _Section(BaseModel):
-    """A config section: an unknown key is a typo, and a typo must not be silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class RouteRule(_Section):
-    """One routing rule: when every given condition matches, run `handlers` in order.
-
-    Conditions left empty match anything. `event_types` matches the webhook `data.type`;
-    the others are facts fetched from the session when the rule needs them.
-
-    Rules are not first-match: the handlers of every matching rule run, in rule order, each
-    handler once (first-seen position wins). An idle notification whose session is no longer
-    idle when fetched matches nothing (stale). Rules asking about the session never match one
-    that is gone (404), so late and `session.deleted` notifications route by type only.
-    """
-
-    name: str = ""
-    event_types: list[str] = Field(default_factory=list)
-    stop_reasons: list[str] = Field(default_factory=list)
-    # Matches any stop reason but these: how "every outcome, even one never seen" is written.
-    except_stop_reasons: list[str] = Field(default_factory=list)
-    statuses: list[str] = Field(default_factory=list)
-    agent_ids: list[str] = Field(default_factory=list)
-    deployment_ids: list[str] = Field(default_factory=list)
-    metadata: dict[str, str] = Field(default_factory=dict)
-    handlers: list[str]
-    # Keep a session this rule handled this long idle before the reaper may delete it
-    # (overrides `[reaper] idle_for`; the shortest of the matching rules wins).
-    idle_for: str | None = None
-
-    @field_validator("idle_for")
-    @classmethod
-    def _idle_for(cls, value: str | None) -> str | None:
-        return _check_duration(value)
-
-    def idle_for_seconds(self) -> float | None:
-        from sessions.durations import parse_duration
-
-        return None if self.idle_for is None else parse_duration(self.idle_for).total_seconds()
-
-
-def default_routes() -> list[RouteRule]:
-    """Every outcome is saved and reported: each idle stop reason the SDK knows (end_turn,
-    retries_exhausted, budget_reached, refusal) and any it does not know yet, and termination.
-    Only `requires_action` is answered instead, since the session is waiting, not done."""
-    idle = ["session.status_idled", "session.idled"]
-    terminated = ["session.status_terminated"]
-    return [
-        RouteRule(
-            name="finished",
-            event_types=idle,
-            except_stop_reasons=["requires_action"],
-            handlers=["archive", "log"],
-        ),
-        RouteRule(name="terminated", event_types=terminated, handlers=["archive", "log"]),
-        RouteRule(
-            name="requires_action",
-            event_types=[*idle, "session.requires_action"],
-            stop_reasons=["requires_action"],
-            handlers=["answer"],
-        ),
-    ]
-
-
-class WorkerSettings(_Section):
-    concurrency: int = Field(default=8, ge=1, le=256)
-    lease_seconds: float = Field(default=60.0, gt=0)
-    poll_seconds: float = Field(default=0.5, gt=0)
-    max_attempts: int = Field(default=6, ge=1)
-    backoff_base_seconds: float = Field(default=2.0, gt=0)
-    backoff_max_seconds: float = Field(default=300.0, gt=0)
-    # The delete plugin reuses its delivery's own read of the session (the routing step's, a
-    # moment before) for its "ran again since?" check while that read is younger than this,
-    # instead of reading the session again (two calls). The window in which a session woken
-    # through the API by someone other than idlehook could still be deleted; 0: always re-read.
-    reuse_reads_seconds: float = Field(default=10.0, ge=0)
-
-
-class ArchiveSettings(_Section):
-    """`[archive]`: what the archive plugin writes (and forward sends) besides the transcript."""
-
-    # List the files the session produced into result.json (one more API call per result).
-    # Off: result.json says `"files": null` (not listed), never an empty list.
-    list_files: bool = False
-
-
-class ForwardSettings(_Section):
-    url: str | None = None
-    secret: SecretStr | None = None
-    timeout_seconds: float = 10.0
-
-
-def _check_duration(value: str | None) -> str | None:
-    # Imported here: settings load before anything else and must stay cheap to import.
-    from sessions.durations import parse_duration
-
-    if value is not None:
-        parse_duration(value)
-    return value
-
-
-class ReaperSettings(_Section):
+class ReaperSettings(Section):
     """`[reaper]`: which sessions `idlehook reap` deletes, and how carefully."""
 
     # A session rests this long without activity before it is deleted ("0s" allowed). Idle time
@@ -159,10 +69,10 @@ class ReaperSettings(_Section):
     # Sessions judged and deleted at once; the shared rate gate paces their calls either way.
     concurrency: int = Field(default=8, ge=1, le=64)
 
-    _durations = field_validator("idle_for", "max_age", "lookback", "max_running")(_check_duration)
+    _durations = field_validator("idle_for", "max_age", "lookback", "max_running")(check_duration)
 
 
-class ReconcileSettings(_Section):
+class ReconcileSettings(Section):
     """`[reconcile]`: find status changes no webhook told us about."""
 
     interval_seconds: float = Field(default=60.0, gt=0)
@@ -186,59 +96,10 @@ class ReconcileSettings(_Section):
     endpoint_url: str | None = None
     endpoint_id: str | None = None
 
-    _durations = field_validator("lookback")(_check_duration)
+    _durations = field_validator("lookback")(check_duration)
 
 
-class ToolsSettings(_Section):
-    """`[tools]`: Python functions answering `agent.custom_tool_use` (handlers/tools/)."""
-
-    # "package.module:attribute": a `beta_tool`/`beta_async_tool`, a `CustomTool`, or a list of
-    # them. The `idlehook.tools` entry-point group adds more.
-    modules: list[str] = Field(default_factory=list)
-    # Tools safe to run again when the worker running them died (others answer "interrupted").
-    idempotent: list[str] = Field(default_factory=list)
-    timeout_seconds: float = Field(default=300.0, gt=0)
-    # A call to a tool nobody registered: answer it with an error ("error"), or leave it ("leave").
-    unknown: str = Field(default="error", pattern="^(error|leave)$")
-
-
-class ApprovalRule(_Section):
-    """One approval rule; the first whose conditions all match decides. Empty matches anything."""
-
-    name: str = ""
-    tools: list[str] = Field(default_factory=list)
-    # A regex searched in the tool input serialised as JSON (sorted keys, no spaces).
-    input_pattern: str | None = None
-    agent_ids: list[str] = Field(default_factory=list)
-    metadata: dict[str, str] = Field(default_factory=dict)
-    action: str = Field(pattern="^(allow|deny|ask)$")
-    message: str | None = None  # told to the agent on deny
-
-    @field_validator("input_pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from None
-        return value
-
-
-class ApprovalSettings(_Section):
-    """`[approvals]`: who decides a tool use held for confirmation (`evaluated_permission: ask`)."""
-
-    rules: list[ApprovalRule] = Field(default_factory=list)
-    default: str = Field(default="ask", pattern="^(allow|deny|ask)$")
-    # A person has this long; then the call is denied and the session handed to the reaper.
-    timeout: str = "1h"
-    expired_message: str = "No one approved this tool call in time."
-    sweep_seconds: float = Field(default=30.0, gt=0)
-
-    _durations = field_validator("timeout")(_check_duration)
-
-
-class HttpSettings(_Section):
+class HttpSettings(Section):
     """`[http]`: what a client may hold of the receiver before its request is read.
 
     uvicorn times nothing before a request is complete and caps no header size; these are
@@ -260,7 +121,7 @@ class HttpSettings(_Section):
     keep_alive_seconds: int = Field(default=75, ge=1)
 
 
-class JournalSettings(_Section):
+class JournalSettings(Section):
     """`[journal]`: where a receiver keeps verified deliveries its store could not commit.
 
     Anthropic drops a webhook after a few failed attempts and disables an endpoint after enough
@@ -283,7 +144,7 @@ class JournalSettings(_Section):
     drain_seconds: float = Field(default=1.0, gt=0)
 
 
-class LaunchSettings(_Section):
+class LaunchSettings(Section):
     """`[launch]`: defaults for every session this instance starts."""
 
     # A spend ceiling (USD) the API enforces on each session; `idlehook start --budget` and a
@@ -315,7 +176,7 @@ class LaunchSettings(_Section):
         return value
 
 
-class RetentionSettings(_Section):
+class RetentionSettings(Section):
     """`[retention]`: how long finished history is kept (store/retention.py), each kind by its
     own age; "never" keeps it. Nothing unfinished is deleted, nor a delivery's event id within
     24 h (retried webhooks are de-duplicated by it), nor what a session's state is read from."""
@@ -350,7 +211,6 @@ class RetentionSettings(_Section):
     )
     @classmethod
     def _age(cls, value: str) -> str:
-        from sessions.durations import parse_duration
         from store.retention import FLOOR
 
         if value.strip().lower() != "never" and parse_duration(value) < FLOOR:

@@ -46,10 +46,12 @@ from starlette.routing import Route
 
 from emulator import Emulator, EmulatorConfig, create_emulator
 from handlers.api import Handler, HandlerContext, SharedConfig
+from handlers.config import RouteRule, WorkerSettings
+from handlers.events import NOTIFIED_AS
 from handlers.plugin_config import shared_config
 from handlers.registry import Registry, build
 from handlers.worker import Worker
-from idlehook.settings import RouteRule, Settings, WorkerSettings
+from idlehook.settings import Settings
 from sessions.paced_transport import paced_http_client
 from sessions.pacing import Pacer
 from sessions.reconciler import envelope
@@ -61,7 +63,7 @@ from store.sessions import SessionStore
 __all__ = ["Harness", "PluginRun", "Received", "Sink", "harness", "sink"]
 
 # The notification each resting status is delivered as (the webhook's own names).
-_NOTIFIED = {"idle": "session.status_idled", "terminated": "session.status_terminated"}
+_NOTIFIED = {status: NOTIFIED_AS[status] for status in ("idle", "terminated")}
 # Emulated turns run this many times faster than their scripted seconds.
 _SPEED = 200.0
 # High enough that pacing, still on every call, never makes a test wait.

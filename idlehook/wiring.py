@@ -19,9 +19,16 @@ from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
+from console.approvals_api import approvals_routes
+from console.budget_api import budget_routes
+from console.followups_api import followup_routes
+from console.sessions_api import sessions_routes
+from console.web import web_routes
 from handlers.api import HandlerContext, Notification
 from handlers.builtin.answer import AnswerConfig, AnswerHandler
 from handlers.builtin.archive import ArchiveConfig, ArchiveHandler
+from handlers.durations import parse_duration
+from handlers.events import STATUS_IDLED, STATUS_TYPES
 from handlers.marking import interruption_reader, session_marker
 from handlers.plugin_config import builtin_tables, plugin_tables, shared_config
 from handlers.registry import Registry
@@ -31,14 +38,8 @@ from handlers.worker import Worker
 from idlehook.logs import configure_logging
 from idlehook.settings import Settings
 from receiver.app import ExtraLifespan, ReceiverApp, create_app
-from receiver.approvals_api import approvals_routes
-from receiver.budget_api import budget_routes
 from receiver.config import ReceiverConfig
-from receiver.followups_api import followup_routes
 from receiver.request_id import RequestIdMiddleware
-from receiver.sessions_api import sessions_routes
-from receiver.web import web_routes
-from sessions.durations import parse_duration
 from sessions.endpoint import EndpointWatch
 from sessions.launch_queue import LaunchDrainer
 from sessions.launcher import Launcher
@@ -47,7 +48,7 @@ from sessions.paced_transport import paced_http_client
 from sessions.pacing import Pacer
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Archiver, Reaper
-from sessions.reconciler import ALL_MATCHING, Reconciler
+from sessions.reconciler import Reconciler
 from sessions.watchdog import Watchdog
 from store.engine import make_engine, migrate
 from store.inbox import Inbox
@@ -202,7 +203,7 @@ def archiver(
         notification = Notification(
             delivery_id=0,
             event_id=f"reaper_{session_id}",
-            event_type="session.status_idled",
+            event_type=STATUS_IDLED,
             resource_id=session_id,
             session_id=session_id,
             source="reaper",
@@ -460,7 +461,7 @@ def retention_policy(settings: Settings, older_than: str | None = None) -> Reten
 
     return RetentionPolicy(
         ages={kind: age(kind) for kind in RETENTION_KINDS},
-        status_types=ALL_MATCHING,
+        status_types=STATUS_TYPES,
         batch_size=cfg.batch_size,
     )
 

@@ -6,7 +6,7 @@ the problem (and no call is spent) instead of a bare 400.
 """
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from fnmatch import fnmatchcase
@@ -14,7 +14,7 @@ from typing import Any
 
 from anthropic.types.beta import BetaManagedAgentsBudgetLimitParam
 
-from sessions.metadata import BUDGET_KEY
+from handlers.spend import format_usd
 
 # Models with a public list price, as glob patterns: `[launch] priced_models` replaces this.
 DEFAULT_PRICED_MODELS = ("claude-opus-*", "claude-sonnet-*", "claude-haiku-*", "claude-3*")
@@ -69,53 +69,14 @@ def usd_to_cents(usd: object) -> int:
     return cents
 
 
-def format_usd(cents: int | None) -> str:
-    return "" if cents is None else f"${cents / 100:,.2f}"
-
-
 def metadata_value(cents: int) -> str:
     """What BUDGET_KEY holds (build_metadata writes the same): dollars, two decimals."""
     return f"{cents / 100:.2f}"
 
 
-def cap_from_metadata(metadata: Mapping[str, str] | None) -> float | None:
-    """The cap (USD) idlehook stamped on a session, or None."""
-    raw = (metadata or {}).get(BUDGET_KEY)
-    try:
-        return float(raw) if raw is not None else None
-    except ValueError:
-        return None
-
-
 def budget_param(cents: int) -> BetaManagedAgentsBudgetLimitParam:
     """The wire shape of a cap, for the create and update calls."""
     return {"type": "limit", "max_list_cost": {"amount": str(cents), "currency": "USD"}}
-
-
-def _amount_cents(amount: Any) -> int | None:
-    """A BetaMonetaryAmount (or its dict) in USD as cents; None when absent or not USD."""
-    if amount is None:
-        return None
-    value = amount.get("amount") if isinstance(amount, dict) else getattr(amount, "amount", None)
-    currency = (
-        amount.get("currency") if isinstance(amount, dict) else getattr(amount, "currency", None)
-    )
-    if currency != "USD" or not isinstance(value, str) or not value.isdigit():
-        return None
-    return int(value)
-
-
-def cap_cents(budget: Any) -> int | None:
-    """A session's `budget` (BetaManagedAgentsBudgetLimit or None) as cents."""
-    if budget is None:
-        return None
-    cost = budget.get("max_list_cost") if isinstance(budget, dict) else budget.max_list_cost
-    return _amount_cents(cost)
-
-
-def spent_cents(usage: Any) -> int:
-    """`usage.list_cost` as cents; nothing recorded yet is nothing spent."""
-    return _amount_cents(getattr(usage, "list_cost", None)) or 0
 
 
 # -- which models a budgeted launch can run --------------------------------------------------

@@ -13,19 +13,18 @@ import anthropic
 import structlog
 from anthropic import AsyncAnthropic
 
+from handlers.spend import BUDGET_KEY, cap_cents, spent_cents
 from sessions.budget import (
     BudgetNotFound,
     BudgetRefused,
     BudgetUnavailable,
     api_refusal,
     budget_param,
-    cap_cents,
     check_raise,
     metadata_value,
-    spent_cents,
     usd_to_cents,
 )
-from sessions.metadata import BUDGET_KEY, MAX_PAIRS
+from sessions.metadata import MAX_PAIRS
 from sessions.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)

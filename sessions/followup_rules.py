@@ -11,7 +11,7 @@ from typing import Any
 import anthropic
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sessions.durations import DurationError, parse_duration
+from handlers.durations import DurationError, parse_duration
 from sessions.metadata import DEADLINE_KEY, MAX_PAIRS
 from sessions.retry_after import retry_after_seconds
 

@@ -33,11 +33,12 @@ from pydantic import (
 )
 from sqlalchemy.engine import Engine
 
+from handlers.durations import DurationError, parse_duration
+from handlers.spend import cap_from_metadata
 from sessions import budget
 from sessions.budget_raise import RaisedBudget, raise_budget
-from sessions.durations import DurationError, parse_duration
 from sessions.followups import FollowUpResult, FollowUps
-from sessions.launch_queue import backoff_delay, decide
+from sessions.launch_retry import decide_launch_retry, retry_delay
 from sessions.metadata import IDEMPOTENCY_KEY, MetadataError, build_metadata, parse_pairs
 from store.launches import LaunchStore, NewLaunch
 from store.models import Launch, LaunchState, TrackedSession, utcnow
@@ -550,7 +551,7 @@ class Launcher:
         first_attempt: datetime | None,
     ) -> None:
         assert launch.id is not None
-        decision = decide(exc, sent=sent)
+        decision = decide_launch_retry(exc, sent=sent)
         attempts = launch.attempts + 1
         out_of_attempts = attempts >= self.max_attempts and not decision.store_error
         if not decision.retry or out_of_attempts:
@@ -561,7 +562,7 @@ class Launcher:
                 launch, owner, prepared, message, first_attempt, unknown=decision.outcome_unknown
             )
             return
-        delay = backoff_delay(max(1, attempts), decision.retry_after_s)
+        delay = retry_delay(max(1, attempts), decision.retry_after_s)
         log.info(
             "launch.retry",
             error=decision.message,
@@ -823,7 +824,7 @@ def describe_tracked(session: TrackedSession, now: datetime) -> dict[str, Any]:
         "cost_usd": session.cost_usd,
         "token_usd": session.token_usd,
         # The spend ceiling stamped at launch (and on each raise); None: uncapped.
-        "budget_usd": budget.cap_from_metadata(session.session_metadata),
+        "budget_usd": cap_from_metadata(session.session_metadata),
         "reap_requested": session.reap_requested_at is not None,
         "created_at": session.created_at.isoformat() if session.created_at else None,
     }

@@ -7,6 +7,8 @@ offending key, and nothing is created or queued when it fails.
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from handlers.spend import BUDGET_KEY
+
 MAX_PAIRS = 16
 MAX_KEY_CHARS = 64
 MAX_VALUE_CHARS = 512
@@ -19,8 +21,7 @@ IDEMPOTENCY_KEY = "idlehook_idempotency_key"
 # Per-launch limits the reaper reads off the session itself, so they hold whoever reaps it.
 MAX_RUNNING_KEY = "idlehook_max_running"
 IDLE_FOR_KEY = "idlehook_idle_for"
-# The spend ceiling in USD ("12.50"), so listings read it from the store's copy of the metadata.
-BUDGET_KEY = "idlehook_budget_usd"
+# And BUDGET_KEY, the spend ceiling (handlers/spend.py: the `log` plugin reads it too).
 
 
 class MetadataError(ValueError):

@@ -40,7 +40,7 @@ from sessions.reap_policy import (
     saving_per_hour,
 )
 from sessions.session_view import SessionView, as_utc, saved_since, view_of
-from store import approvals, audit
+from store import approvals, reap_guards, reaper_actions
 from store.models import ReaperAction, ReaperActionKind, TrackedSession, utcnow
 from store.sessions import SessionStore
 
@@ -250,8 +250,8 @@ class Reaper:
     def _store_facts(self, ids: Sequence[str]) -> "StoreFacts":
         waiting = approvals.count_pending_by_session(self.engine)
         return StoreFacts(
-            tracked=audit.tracked_sessions(self.engine, ids),
-            pending_runs=audit.unfinished_runs(self.engine, ids),
+            tracked=reap_guards.tracked_sessions(self.engine, ids),
+            pending_runs=reap_guards.unfinished_runs(self.engine, ids),
             pending_approvals={sid: n for sid, n in waiting.items() if sid in set(ids)},
         )
 
@@ -490,7 +490,7 @@ class Reaper:
 
     def _record(self, run_id: str, outcomes: Sequence[Outcome]) -> None:
         at = self.now()
-        audit.record_actions(
+        reaper_actions.record(
             self.engine,
             [
                 ReaperAction(

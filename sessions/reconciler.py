@@ -28,11 +28,11 @@ deterministic event id
 so the same handlers run exactly as if the webhook had come, and a later sweep finds the id
 taken. It looks for a covering delivery right before writing: the webhook may have come while
 the sweep ran. Twins can still happen (a webhook late after the synthetic, or landing between
-that look and the write); the routing step settles them with `late_duplicate()`, so only the
-first stored of the two runs handlers. A session's latest transition is what is delivered: one
-that woke, ran and rested twice between two sweeps gets its latest rest (handlers read the
-session as it is). Transitions younger than `settle` are left for the next sweep: their webhook
-may be in flight.
+that look and the write); the routing step settles them with `late_duplicate()`
+(handlers/twins.py), so only the first stored of the two runs handlers. A session's latest
+transition is what is delivered: one that woke, ran and rested twice between two sweeps gets its
+latest rest (handlers read the session as it is). Transitions younger than `settle` are left
+for the next sweep: their webhook may be in flight.
 
 Every call is counted, and all but the admin key's endpoint read are paced in the shared read
 budget by the client's transport: a sweep spends at most `max_calls` (a backlog is worked
@@ -53,12 +53,19 @@ from anthropic import AsyncAnthropic
 from sqlalchemy.engine import Engine
 
 from handlers.billing import token_usd
+from handlers.events import (
+    NOTIFIED_AS,
+    REST_TYPES,
+    STATUS_TYPES,
+    TYPES_OF_STATUS,
+)
+from handlers.twins import CLOCK_SKEW, covers
 from sessions import metrics
 from sessions.endpoint import EndpointWatch
 from sessions.reap_io import PacedCalls, StatusEvent
 from sessions.session_view import as_utc
-from store import audit, watch
-from store.audit import transition_event_id
+from store import delivered, watch
+from store.delivered import transition_event_id
 from store.inbox import Inbox, NewDelivery
 from store.models import Source, utcnow
 from store.sessions import SessionStore, SessionUpdate
@@ -66,25 +73,12 @@ from store.watch import EndpointRecord, Watched
 
 log = structlog.get_logger(__name__)
 
-# Status -> the webhook type its transition produces, as Anthropic sends it.
-SYNTHETIC_TYPE = {
-    "idle": "session.status_idled",
-    "running": "session.status_run_started",
-    "terminated": "session.status_terminated",
-}
-# Status -> every webhook type that reports it (the documented family and the second one).
-MATCHING_TYPES = {
-    "idle": frozenset({"session.status_idled", "session.idled"}),
-    "running": frozenset({"session.status_run_started", "session.running"}),
-    "terminated": frozenset({"session.status_terminated"}),
-}
-STATUS_OF_TYPE = {t: status for status, types in MATCHING_TYPES.items() for t in types}
-ALL_MATCHING = frozenset(STATUS_OF_TYPE)
-REST_TYPES = MATCHING_TYPES["idle"] | MATCHING_TYPES["terminated"]
+# Status -> the type a synthetic delivery gets, and every type that covers a transition to it
+# (both families; `session.requires_action` is an idle: handlers/events.py).
+SYNTHETIC_TYPE = NOTIFIED_AS
+MATCHING_TYPES = TYPES_OF_STATUS
 BUSY = ["running", "rescheduling"]
 RESTING = ["idle", "terminated"]
-# A webhook's envelope time and the event's processed_at come from different code paths.
-CLOCK_SKEW = timedelta(seconds=1)
 PAGE = 100  # sessions per list call
 # Unsettled tracked rows read per sweep (most cost nothing: running, their start delivered).
 ROW_WINDOW = 2000
@@ -96,30 +90,6 @@ SILENCE = "silence"  # the earliest change no webhook reported, until one comes
 # Runtime is metered per millisecond, list cost in cents: smaller moves are rounding.
 ACTIVE_EPSILON = 0.0005
 COST_EPSILON = 1e-9
-
-
-def covers(
-    deliveries: Sequence[audit.SeenDelivery], status: str, at: datetime
-) -> audit.SeenDelivery | None:
-    """A delivery reporting `status` at or after the transition at `at`, if any (pure).
-
-    A webhook received after the transition covers it (it is thin: its handlers read the
-    session as it is by then), and so does one whose envelope time is at or after it, give or
-    take `CLOCK_SKEW`. A synthetic delivery carries the transition time itself and covers
-    exactly that transition or a later one: an earlier rest's never covers a later one, however
-    close they are or however our clock and the API's differ.
-    """
-    wanted = MATCHING_TYPES[status]
-    for d in deliveries:
-        if d.event_type not in wanted:
-            continue
-        synthetic = d.source == str(Source.RECONCILE)
-        if not synthetic and d.received_at >= at:
-            return d
-        skew = timedelta(0) if synthetic else CLOCK_SKEW
-        if d.event_created_at is not None and d.event_created_at >= at - skew:
-            return d
-    return None
 
 
 def envelope(event_id: str, event_type: str, session_id: str, at: datetime) -> str:
@@ -174,7 +144,7 @@ def ran_since(row: Watched, session: Any) -> bool:
 
 
 @dataclass
-class SweepReport:
+class ReconcileReport:
     examined: int = 0  # sessions looked at: listed, or tracked and not settled
     changed: int = 0  # sessions checked because something may have changed
     synthesised: list[str] = field(default_factory=list)  # synthetic event ids written
@@ -218,7 +188,7 @@ class _Sweep:
     """One sweep's running state: what it has spent, seen and checked."""
 
     now: datetime
-    report: SweepReport
+    report: ReconcileReport
     start_calls: int
     listed: dict[str, Any] = field(default_factory=dict)  # session id -> listed object
     checked: set[str] = field(default_factory=set)
@@ -266,9 +236,9 @@ class Reconciler:
         if self.endpoint is not None:
             await self.endpoint.client.close()
 
-    async def sweep(self) -> SweepReport:
+    async def sweep(self) -> ReconcileReport:
         now = self.now()
-        run = _Sweep(now, SweepReport(budget=self.max_calls), self.calls.made)
+        run = _Sweep(now, ReconcileReport(budget=self.max_calls), self.calls.made)
         report = run.report
         try:
             await self._running(run)
@@ -339,7 +309,7 @@ class Reconciler:
         rows = await asyncio.to_thread(
             watch.watched,
             self.engine,
-            status_types=ALL_MATCHING,
+            status_types=STATUS_TYPES,
             quiet_types=REST_TYPES,
             ids=list(ids),
         )
@@ -347,7 +317,7 @@ class Reconciler:
 
     async def _known(self, ids: Sequence[str]) -> set[str]:
         return await asyncio.to_thread(
-            watch.with_status_deliveries, self.engine, list(ids), ALL_MATCHING
+            watch.with_status_deliveries, self.engine, list(ids), STATUS_TYPES
         )
 
     # -- 1. running now ------------------------------------------------------------------------
@@ -455,7 +425,7 @@ class Reconciler:
     def _unsettled_rows(self, cursor: datetime | None) -> list[Watched]:
         """Unsettled tracked rows after the cursor, then (wrapping round) those before it."""
         common: dict[str, Any] = {
-            "status_types": ALL_MATCHING,
+            "status_types": STATUS_TYPES,
             "quiet_types": REST_TYPES,
             "unsettled_only": True,
         }
@@ -532,7 +502,7 @@ class Reconciler:
         """Sessions changed (as the API says: transitions this reconciler read that no delivery
         covered) and no webhook at all came after the earliest of them, for `silence_alarm`."""
         now, report = run.now, run.report
-        last = audit.last_webhook_received_at(self.engine)
+        last = delivered.last_webhook_received_at(self.engine)
         stored = watch.read_mark(self.engine, SILENCE)
         if stored is not None and last is not None and last >= stored:
             stored = None  # a webhook came after it: the endpoint was alive then
@@ -574,68 +544,8 @@ def synthetic_delivery(session_id: str, status: str, at: datetime, now: datetime
 
 def _delivered(engine: Engine, session_id: str, status: str, at: datetime) -> bool:
     """Is the transition to `status` at `at` delivered by now, by us or by a webhook?"""
-    if audit.delivery_exists(engine, transition_event_id(session_id, status, at)):
+    if delivered.delivery_exists(engine, transition_event_id(session_id, status, at)):
         return True
     since = at - CLOCK_SKEW
-    fresh = audit.deliveries_since(engine, [session_id], MATCHING_TYPES[status], since)
+    fresh = delivered.deliveries_since(engine, [session_id], MATCHING_TYPES[status], since)
     return covers(fresh.get(session_id, []), status, at) is not None
-
-
-def _covered_before(engine: Engine, session_id: str, event_type: str, event_id: str) -> bool:
-    """Did a real webhook stored ahead of this synthetic delivery cover its transition?"""
-    synthetic = audit.seen_delivery(engine, event_id)
-    if synthetic is None or synthetic.event_created_at is None:
-        return False
-    status, at = STATUS_OF_TYPE[event_type], synthetic.event_created_at
-    seen = audit.deliveries_since(engine, [session_id], MATCHING_TYPES[status], at - CLOCK_SKEW)
-    earlier = [
-        d
-        for d in seen.get(session_id, [])
-        if d.source == str(Source.WEBHOOK) and d.id < synthetic.id
-    ]
-    return covers(earlier, status, at) is not None
-
-
-async def late_duplicate(
-    client: AsyncAnthropic,
-    engine: Engine,
-    *,
-    session_id: str | None,
-    event_type: str,
-    event_id: str,
-    source: str,
-) -> bool:
-    """True when this status delivery has a twin stored ahead of it that covers the same state.
-
-    The routing step calls this for every delivery and routes a duplicate to no handlers. Of
-    two twins, the first stored is routed first (one lane, in delivery order) and runs them.
-
-    A real webhook (source "webhook"): the session's current transition is read from the API;
-    if a synthetic delivery for exactly that transition was stored first, the state this
-    webhook could make the handlers see has been handled (the webhook is thin, handlers read
-    the current session), so handling it again would run them twice.
-
-    A synthetic one (source "reconcile"): a real webhook of the matching type, stored first,
-    already covers its transition (it came while the sweep was writing this one).
-    """
-    if session_id is None or event_type not in ALL_MATCHING:
-        return False
-    if source == str(Source.RECONCILE):
-        return await asyncio.to_thread(_covered_before, engine, session_id, event_type, event_id)
-    if source != str(Source.WEBHOOK):
-        return False
-    # Only a session the reconciler ever filled in can have a late twin: ask the store before
-    # spending an API call, so the common path costs one indexed lookup.
-    if not await asyncio.to_thread(audit.has_reconciled_delivery, engine, session_id):
-        return False
-    try:
-        latest = await PacedCalls(client).latest_status(session_id)
-    except anthropic.NotFoundError:
-        return False  # deleted since: the routing step's own fetch settles it
-    if latest is None or latest.status not in SYNTHETIC_TYPE:
-        return False
-    if transition_event_id(session_id, latest.status, latest.at) == event_id:
-        return False
-    return await asyncio.to_thread(
-        audit.harvested, engine, session_id, latest.status, latest.at, before=event_id
-    )

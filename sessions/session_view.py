@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sessions.durations import DurationError, parse_duration
+from handlers.durations import DurationError, parse_duration
 from sessions.metadata import DEADLINE_KEY, IDLE_FOR_KEY, MAX_RUNNING_KEY, OWNER_KEY
 from store.models import TrackedSession
 

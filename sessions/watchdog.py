@@ -48,7 +48,7 @@ def should_interrupt(status: str, deadline: datetime | None, now: datetime) -> b
 
 
 @dataclass
-class SweepReport:
+class WatchdogReport:
     checked: int = 0
     polled: int = 0
     status_changed: int = 0
@@ -79,8 +79,8 @@ class Watchdog:
         self.batch = batch
         self._now = now
 
-    async def sweep(self) -> SweepReport:
-        report = SweepReport()
+    async def sweep(self) -> WatchdogReport:
+        report = WatchdogReport()
         candidates = await asyncio.to_thread(self.store.watch_candidates, self.batch)
         now = self._now()
         for session in candidates:
@@ -108,7 +108,7 @@ class Watchdog:
             )
         return report
 
-    async def _check(self, tracked: TrackedSession, report: SweepReport) -> None:
+    async def _check(self, tracked: TrackedSession, report: WatchdogReport) -> None:
         try:
             session = await self.client.beta.sessions.retrieve(tracked.id)
         except anthropic.NotFoundError:

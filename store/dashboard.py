@@ -1,4 +1,4 @@
-"""Read-only queries behind the operator page (receiver/web.py): small, bounded, indexed.
+"""Read-only queries behind the operator page (console/web.py): small, bounded, indexed.
 
 Every list is capped (`limit`); the chart's per-minute series are grouped in SQL so an hour of
 heavy traffic is 60 rows, not every delivery. Nothing here writes.
@@ -23,10 +23,9 @@ from store.models import (
     TrackedSession,
     UnrecognisedDelivery,
 )
+from store.runs import ROUTE_HANDLER
 from store.sessions import count_unsaved, outcome_unsaved
 from store.watch import EndpointRecord, read_endpoint
-
-ROUTE_HANDLER = "_route"  # the worker's routing step: bookkeeping, not a plugin
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class MinuteBucket:
 @dataclass(frozen=True)
 class Totals:
     sessions: int
-    cost_usd: float
+    total_cost_usd: float  # summed over tracked sessions (each one's is `cost_usd`)
     deliveries: int
     duplicates: int
     runs_by_state: dict[str, int]
@@ -222,7 +221,7 @@ def _totals(db: Session) -> Totals:
     unsaved = count_unsaved(db.connection())
     return Totals(
         sessions=int(sessions),
-        cost_usd=float(cost or 0.0),
+        total_cost_usd=float(cost or 0.0),
         deliveries=int(deliveries),
         duplicates=int(duplicates),
         runs_by_state=by_state,

@@ -18,7 +18,6 @@ from sqlalchemy.engine import Engine
 from store import ingest, unrecognised
 from store.engine import make_engine
 from store.ingest import (
-    ROUTE_HANDLER,
     IngestResult,
     NewDelivery,
     Row,
@@ -28,6 +27,7 @@ from store.ingest import (
     to_row,
 )
 from store.models import utcnow
+from store.runs import ROUTE_HANDLER
 from store.unrecognised import Unrecognised
 from store.writer_link import WriterLink
 

@@ -30,10 +30,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from store.engine import sqlite_connect
 from store.models import UNFINISHED_STATES, Delivery, HandlerRun, RunState, Source
+from store.runs import ROUTE_HANDLER
 
 log = structlog.get_logger(__name__)
 
-ROUTE_HANDLER = "_route"
 # Rows per multi-row statement on SQLite: 12 x 256 parameters, far below its limit of 32,766.
 _SQLITE_CHUNK = 256
 # A plain str, not the enum member: it crosses to the writer process with every delivery.

@@ -25,6 +25,8 @@ from sqlalchemy.engine import Connection, Engine
 from store.engine import is_sqlite
 from store.models import Delivery, HandlerRun, RunState, TrackedSession
 
+# The worker's routing step, queued behind each new delivery (store/ingest.py): bookkeeping,
+# not a plugin. The one definition; the ingest SQL, the worker and the page import it.
 ROUTE_HANDLER = "_route"
 
 _runs = HandlerRun.__table__  # type: ignore[attr-defined]
@@ -307,7 +309,7 @@ class RunStore:
         next delivery of the lane must not slip in between the two writes."""
         with self.engine.begin() as conn:
             run = conn.execute(
-                sa.select(_runs.c.delivery_id, _runs.c.lane).where(
+                sa.select(_runs.c.delivery_id, _runs.c.lane, _runs.c.created_at).where(
                     *self._held(run_id, owner, attempt)
                 )
             ).first()
@@ -328,7 +330,12 @@ class RunStore:
                     "handler": name,
                     "state": RunState.PENDING.value,
                     "attempts": 0,
-                    "next_attempt_at": now,
+                    # Due as of the delivery, not of its routing: claims take the oldest due
+                    # first, so a routed delivery's handlers go ahead of the deliveries that
+                    # came after it. In a burst each session is finished while its shared reads
+                    # are fresh (handlers.reads), instead of every delivery routed first and
+                    # every transcript read again by handlers run minutes later.
+                    "next_attempt_at": min(run.created_at, now),
                     "created_at": now,
                     "updated_at": now,
                 }
@@ -406,6 +413,16 @@ class RunStore:
                 sa.select(_runs)
                 .where(_runs.c.delivery_id == delivery_id)
                 .order_by(_runs.c.position)
+            ).all()
+        return [HandlerRun.model_validate(dict(r._mapping)) for r in rows]
+
+    def runs_in_lane(self, lane: str) -> list[HandlerRun]:
+        """A lane's runs (a session's lane is its id) in the order they run."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(_runs)
+                .where(_runs.c.lane == lane)
+                .order_by(_runs.c.delivery_id, _runs.c.position)
             ).all()
         return [HandlerRun.model_validate(dict(r._mapping)) for r in rows]
 

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shlex
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,3 +126,15 @@ def test_the_checker_catches_a_wrong_command() -> None:
     assert list(_dockerfile_commands('CMD ["idlehook", "worker"]')) == [["idlehook", "worker"]]
     k8s = {"spec": {"containers": [{"command": ["idlehook"], "args": ["reap", "--dry-run"]}]}}
     assert list(_yaml_commands(k8s)) == [["idlehook", "reap", "--dry-run"]]
+
+
+def test_the_image_copies_every_package_the_wheel_ships() -> None:
+    # A package added to the wheel but not copied into the image fails only when it is imported.
+    pyproject = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    copied = {
+        line.split()[1]
+        for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and len(line.split()) == 3
+    }
+    assert set(packages) <= copied

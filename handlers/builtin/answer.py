@@ -22,12 +22,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 
+from handlers.api import HandlerContext, PermanentError
+from handlers.config import ApprovalSettings, ForwardSettings, ToolsSettings
 from handlers.tools.blocking import blocking_events
 from handlers.tools.confirm import Confirmer
 from handlers.tools.registry import ToolRegistry
 from handlers.tools.runner import CustomToolAnswerer, ToolCallBusy
-from idlehook import HandlerContext, PermanentError
-from idlehook.settings import ApprovalSettings, ForwardSettings, ToolsSettings
 
 
 class AnswerConfig(BaseModel):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from idlehook import BetaManagedAgentsSessionEvent, HandlerContext, PermanentError
+from handlers.api import BetaManagedAgentsSessionEvent, HandlerContext, PermanentError
 
 # Session ids become directory names: nothing that could climb out of results_dir.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,199}$")

@@ -25,7 +25,7 @@ import anthropic
 from anthropic.types.beta import BetaManagedAgentsSession
 from pydantic import BaseModel, ConfigDict, Field
 
-from idlehook import BetaManagedAgentsSessionEvent, HandlerContext, PermanentError
+from handlers.api import BetaManagedAgentsSessionEvent, HandlerContext, PermanentError
 
 _SETTLED = frozenset({"idle", "terminated"})
 # The status events that mark a change of state (the transcript's own record of transitions).

@@ -7,54 +7,13 @@ the receiver can de-duplicate. A non-2xx response raises: the run retries with b
 """
 
 import json
-from datetime import datetime
 from typing import Any
 
 import httpx
-from standardwebhooks.webhooks import Webhook
 
-from idlehook import HandlerContext, PermanentError
-from idlehook.settings import ForwardSettings
-
-
-class ForwardError(Exception):
-    pass
-
-
-def require_configured(config: ForwardSettings) -> str:
-    """The signing secret; PermanentError when there is nowhere (or no way) to send."""
-    if not config.url:
-        raise PermanentError("forward.url is not configured")
-    if config.secret is None or not config.secret.get_secret_value():
-        raise PermanentError("forward.secret is not configured; refusing to send unsigned")
-    return config.secret.get_secret_value()
-
-
-async def post_signed(
-    config: ForwardSettings,
-    message_id: str,
-    payload: str,
-    sent_at: datetime,
-    transport: httpx.AsyncBaseTransport | None = None,
-) -> httpx.Response:
-    """POST `payload` to `config.url`, signed the Standard Webhooks way; raise unless 2xx.
-
-    Also used to ask a person for an approval (handlers/tools/confirm.py).
-    """
-    secret = require_configured(config)
-    assert config.url is not None  # require_configured checked it
-    signature = Webhook(secret).sign(message_id, sent_at, payload)
-    headers = {
-        "content-type": "application/json",
-        "webhook-id": message_id,
-        "webhook-timestamp": str(int(sent_at.timestamp())),
-        "webhook-signature": signature,
-    }
-    async with httpx.AsyncClient(transport=transport, timeout=config.timeout_seconds) as http:
-        response = await http.post(config.url, content=payload, headers=headers)
-    if not response.is_success:
-        raise ForwardError(f"forward target answered {response.status_code}")
-    return response
+from handlers.api import HandlerContext
+from handlers.config import ForwardSettings
+from handlers.signed_post import post_signed, require_configured
 
 
 class ForwardConfig(ForwardSettings):

@@ -1,8 +1,8 @@
 """`log`: one structured line with the session's result summary, and one more, a warning, when
 the session stopped on its spend ceiling (what it spent, the cap, how to raise it)."""
 
-from idlehook import HandlerContext
-from sessions.budget import cap_cents, cap_from_metadata, format_usd, spent_cents
+from handlers.api import HandlerContext
+from handlers.spend import cap_cents, cap_from_metadata, format_usd, spent_cents
 
 PREVIEW_CHARS = 200
 BUDGET_REACHED = "budget_reached"

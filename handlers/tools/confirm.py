@@ -19,11 +19,11 @@ import structlog
 from anthropic import AsyncAnthropic
 from sqlalchemy.engine import Engine
 
-from handlers.builtin.forward import post_signed
+from handlers.config import ApprovalSettings, ForwardSettings
+from handlers.durations import parse_duration
+from handlers.signed_post import post_signed
 from handlers.tools.blocking import Blocking, send_answer
-from handlers.tools.policy import HeldCall, decide_with
-from idlehook.settings import ApprovalSettings, ForwardSettings
-from sessions.durations import parse_duration
+from handlers.tools.policy import HeldCall, apply_policy
 from store import approvals
 from store.approvals import ApprovalView, Decision
 from store.models import ApprovalState
@@ -137,7 +137,7 @@ class Confirmer:
         existing = await asyncio.to_thread(approvals.find, self.engine, call.id)
         if existing is None:
             held = HeldCall(call.name, call.input, agent_id, metadata)
-            decision = decide_with(self.settings, held)
+            decision = apply_policy(self.settings, held)
             now = self.now()
             chosen = None if decision.action == "ask" else Decision(decision.action)
             recorded, _ = await asyncio.to_thread(
@@ -215,14 +215,14 @@ async def settle(
 
 
 @dataclass(frozen=True)
-class SweepReport:
+class ApprovalSweepReport:
     expired: list[int]
     resent: list[int]
 
 
 async def sweep(
     engine: Engine, client: AsyncAnthropic, settings: ApprovalSettings, now: datetime
-) -> SweepReport:
+) -> ApprovalSweepReport:
     """Deny approvals past their time (their sessions go to the reaper), and send decisions whose
     send failed earlier."""
     expired = await asyncio.to_thread(approvals.expire, engine, now, settings.expired_message)
@@ -235,4 +235,4 @@ async def sweep(
             resent.append(approval.id)
         except Exception as exc:  # the next sweep tries again
             log.warning("approval.send_failed", approval_id=approval.id, error=type(exc).__name__)
-    return SweepReport([a.id for a in expired], resent)
+    return ApprovalSweepReport([a.id for a in expired], resent)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from idlehook.settings import ApprovalRule, ApprovalSettings
+from handlers.config import ApprovalRule, ApprovalSettings
 
 DEFAULT_DENY_MESSAGE = "Denied by policy."
 
@@ -50,7 +50,7 @@ def _message(action: str, message: str | None) -> str | None:
     return message or DEFAULT_DENY_MESSAGE
 
 
-def decide(rules: Sequence[ApprovalRule], default: str, call: HeldCall) -> PolicyDecision:
+def apply_rules(rules: Sequence[ApprovalRule], default: str, call: HeldCall) -> PolicyDecision:
     """The first matching rule decides; none matching falls back to `default`."""
     for index, rule in enumerate(rules):
         if matches(rule, call):
@@ -60,5 +60,5 @@ def decide(rules: Sequence[ApprovalRule], default: str, call: HeldCall) -> Polic
     return PolicyDecision(default, _message(default, None), None)
 
 
-def decide_with(settings: ApprovalSettings, call: HeldCall) -> PolicyDecision:
-    return decide(settings.rules, settings.default, call)
+def apply_policy(settings: ApprovalSettings, call: HeldCall) -> PolicyDecision:
+    return apply_rules(settings.rules, settings.default, call)

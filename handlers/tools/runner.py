@@ -19,9 +19,9 @@ from anthropic import AsyncAnthropic
 from anthropic.lib.tools import ToolError
 from sqlalchemy.engine import Engine
 
+from handlers.redact import redact_secrets
 from handlers.tools.blocking import Blocking, send_answer
 from handlers.tools.registry import CustomTool, ToolRegistry
-from idlehook.logs import redact_secrets
 from store import tool_calls
 from store.tool_calls import Next
 

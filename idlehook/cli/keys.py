@@ -16,11 +16,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from handlers.durations import DurationError, format_duration, parse_duration
 from idlehook import wiring
 from idlehook.settings import Settings
 from receiver.config import DEFAULT_KEY_REFRESH_SECONDS
 from receiver.verify import SigningKey
-from sessions.durations import DurationError, format_duration, parse_duration
 from store import signing_keys
 from store.models import utcnow
 

@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from handlers.durations import DurationError, parse_duration
 from idlehook import wiring
-from sessions.durations import DurationError, parse_duration
 from store.models import utcnow
 from store.retention import FLOOR, PruneReport, prune
 

@@ -19,13 +19,13 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
+from handlers.durations import DurationError
 from idlehook import wiring
 from idlehook.cli import progress
 from idlehook.settings import Settings
-from sessions.durations import DurationError
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Outcome, ReapReport
-from sessions.reconciler import SweepReport
+from sessions.reconciler import ReconcileReport
 from store.models import ReaperActionKind
 
 
@@ -182,7 +182,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     return 1 if report.failed or report.alarm or disabled else 0
 
 
-async def _reconcile(settings: Settings, engine: Engine) -> SweepReport:
+async def _reconcile(settings: Settings, engine: Engine) -> ReconcileReport:
     async with wiring.api_client(settings, engine) as client:
         reconciler = wiring.reconciler(settings, engine, client)
         try:
@@ -191,7 +191,7 @@ async def _reconcile(settings: Settings, engine: Engine) -> SweepReport:
             await reconciler.aclose()
 
 
-def render_reconcile(console: Console, report: SweepReport) -> None:
+def render_reconcile(console: Console, report: ReconcileReport) -> None:
     console.print(
         f"examined {report.examined} sessions, {report.changed} checked, "
         f"{len(report.synthesised)} missed transitions delivered; "

@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import Engine
 
+from handlers.durations import format_duration
 from idlehook import wiring
 from idlehook.cli import progress
 from idlehook.settings import Settings
-from sessions.durations import format_duration
 from sessions.launch_queue import LaunchDrainer
 from sessions.launcher import (
     InvalidLaunch,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlmodel import Session, col, select
 
-from idlehook.settings import RouteRule
+from handlers.config import RouteRule
 from store.models import Delivery, HandlerRun, RunState, TrackedSession
 from tests.support.servers import wait_for
 from tests.support.stack import Running, emulator_and_service

@@ -15,8 +15,9 @@ import httpx
 import pytest
 
 from emulator.control import billing_report
+from handlers.config import RouteRule
 from idlehook import wiring
-from idlehook.settings import ReaperSettings, RouteRule
+from idlehook.settings import ReaperSettings
 from sessions.reaper import ReapReport
 from store.models import ReaperActionKind
 from store.sessions import unsaved_outcomes

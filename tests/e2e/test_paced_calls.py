@@ -19,10 +19,11 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from emulator import Emulator, EmulatorConfig, create_emulator
+from handlers.config import RouteRule, WorkerSettings
 from handlers.registry import Registry
 from handlers.worker import Worker
 from idlehook import HandlerContext, wiring
-from idlehook.settings import RouteRule, Settings, WorkerSettings
+from idlehook.settings import Settings
 from sessions.paced_transport import rate_class
 from store.engine import make_engine
 from store.runs import RunStore

@@ -10,7 +10,8 @@ from sqlalchemy.engine import Engine
 
 from emulator.app import create_emulator
 from emulator.config import EmulatorConfig
-from idlehook.settings import Settings, WorkerSettings
+from handlers.config import WorkerSettings
+from idlehook.settings import Settings
 from store.engine import make_engine
 from store.runs import RunStore
 from tests.support.servers import serve

@@ -20,10 +20,11 @@ from emulator.clock import SpeedClock
 from emulator.config import EmulatorConfig
 from emulator.core import Emulator
 from handlers.builtin.delete import DeleteHandler, moved_on
+from handlers.config import ArchiveSettings, ForwardSettings, RouteRule
 from handlers.registry import Registry
 from handlers.worker import Worker
 from idlehook import HandlerContext
-from idlehook.settings import ArchiveSettings, ForwardSettings, RouteRule, Settings
+from idlehook.settings import Settings
 from store.runs import RunStore
 from store.sessions import SessionStore
 from tests.handlers import support

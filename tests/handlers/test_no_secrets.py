@@ -28,10 +28,11 @@ from anthropic import AsyncAnthropic
 from pydantic import BaseModel, ConfigDict, SecretStr
 
 from handlers.builtin.forward import ForwardHandler
+from handlers.config import RouteRule
 from handlers.registry import Registry, build
 from handlers.worker import Worker
 from idlehook import HandlerContext, wiring
-from idlehook.settings import RouteRule, Settings
+from idlehook.settings import Settings
 from store.engine import make_engine
 from store.runs import RunStore
 from tests.handlers.conftest import Sessions

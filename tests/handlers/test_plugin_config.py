@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from handlers.builtin.delete import DeleteHandler
 from handlers.builtin.forward import ForwardHandler
+from handlers.config import RouteRule
 from handlers.registry import build
 from idlehook import HandlerContext, Notification, PluginConfigError, wiring
-from idlehook.settings import RouteRule, Settings
+from idlehook.settings import Settings
 from store.engine import make_engine
 
 

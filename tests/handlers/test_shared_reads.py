@@ -17,12 +17,13 @@ from emulator.config import EmulatorConfig
 from emulator.core import Emulator
 from handlers.builtin.archive import ArchiveHandler
 from handlers.builtin.log import LogHandler
+from handlers.config import RouteRule
 from handlers.registry import Registry
 from handlers.worker import Worker
 from idlehook import HandlerContext
-from idlehook.settings import RouteRule, Settings
+from idlehook.settings import Settings
 from store import followups
-from store.models import Delivery
+from store.models import Delivery, HandlerRun
 from store.runs import RunStore
 from store.sessions import SessionStore
 from tests.handlers.conftest import API_KEY, Sessions
@@ -184,3 +185,35 @@ async def test_a_transition_no_rule_wants_costs_no_call(
             add_delivery(engine, "session.deleted", sid)
             await run_until(worker, lambda: store.unfinished() == 0)
     assert counted.asked == []
+
+
+async def test_a_run_start_routed_after_a_later_idle_was_stored_marks_nothing_busy(
+    store: RunStore, settings: Settings
+) -> None:
+    """Behind a backlog the worker routes a run start after the session's idle is stored. That
+    run start is old news: recorded as "running" now, it would make a rested session look woken
+    to the reconciler (a read spent on it each sweep). Routed while still the latest, it counts."""
+    engine = store.engine
+    sessions = SessionStore(engine)
+    # Nothing is routed, so nothing may be fetched: a closed port says so if anything tries.
+    async with anthropic.AsyncAnthropic(
+        api_key=API_KEY, base_url="http://127.0.0.1:9", max_retries=0
+    ) as client:
+        no_routes = settings.model_copy(update={"routes": []})
+        add_delivery(engine, "session.status_run_started", "sesn_late")
+        idle = add_delivery(engine, IDLE, "sesn_late")
+        add_delivery(engine, "session.status_run_started", "sesn_now")
+        # The idle is stored but its routing waits (the backlog): only the run starts route.
+        runs = HandlerRun.__table__  # type: ignore[attr-defined]
+        with engine.begin() as conn:
+            later = datetime.now(UTC) + timedelta(hours=1)
+            conn.execute(
+                sa.update(runs).where(runs.c.delivery_id == idle).values(next_attempt_at=later)
+            )
+        worker = Worker(store, Registry([]), client, no_routes)
+        await run_until(worker, lambda: store.unfinished() == 1)
+    late, now = sessions.get("sesn_late"), sessions.get("sesn_now")
+    assert late is not None
+    assert now is not None
+    assert late.status is None  # not "running": its idle is already stored
+    assert now.status == "running"

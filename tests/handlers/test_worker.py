@@ -13,10 +13,11 @@ from sqlalchemy.exc import OperationalError
 from emulator.app import create_emulator
 from emulator.config import EmulatorConfig
 from handlers.builtin.archive import ArchiveHandler
+from handlers.config import RouteRule
 from handlers.registry import Registry
 from handlers.worker import Worker
 from idlehook import HandlerContext
-from idlehook.settings import RouteRule, Settings
+from idlehook.settings import Settings
 from store.models import HandlerRun, utcnow
 from store.runs import RunStore
 from store.sessions import SessionStore

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from console.web import web_routes
 from receiver.app import create_app
 from receiver.config import ReceiverConfig
-from receiver.web import web_routes
 from store.engine import make_engine
 from store.inbox import Inbox
 from store.journal import Journal, scan_directory

@@ -10,8 +10,8 @@ import anthropic
 from sqlmodel import Session, select
 
 from emulator import Emulator
+from handlers.config import WorkerSettings
 from idlehook import wiring
-from idlehook.settings import WorkerSettings
 from store.models import RunState, TrackedSession
 from tests.reliability.support import SECRET, TOKEN, StoreView
 from tests.support.servers import wait_for

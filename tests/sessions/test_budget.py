@@ -10,11 +10,12 @@ import pytest
 from anthropic.types.beta import BetaManagedAgentsAgent
 from pydantic import ValidationError
 
+from handlers import spend
+from handlers.spend import BUDGET_KEY
 from idlehook.settings import LaunchSettings, Settings
 from sessions import budget
 from sessions.budget import BudgetRefused, InvalidBudget
 from sessions.launcher import InvalidLaunch, LaunchRequest, PreparedLaunch, prepare
-from sessions.metadata import BUDGET_KEY
 from store.models import utcnow
 
 
@@ -259,9 +260,9 @@ def test_other_errors_are_not_budget_refusals() -> None:
 
 
 def test_reading_caps_and_spend() -> None:
-    assert budget.cap_cents(None) is None
-    assert budget.cap_cents(budget.budget_param(250)) == 250
-    assert budget.cap_from_metadata({BUDGET_KEY: "2.50"}) == 2.5
-    assert budget.cap_from_metadata({BUDGET_KEY: "lots"}) is None
-    assert budget.cap_from_metadata(None) is None
-    assert budget.format_usd(123456) == "$1,234.56"
+    assert spend.cap_cents(None) is None
+    assert spend.cap_cents(budget.budget_param(250)) == 250
+    assert spend.cap_from_metadata({BUDGET_KEY: "2.50"}) == 2.5
+    assert spend.cap_from_metadata({BUDGET_KEY: "lots"}) is None
+    assert spend.cap_from_metadata(None) is None
+    assert spend.format_usd(123456) == "$1,234.56"

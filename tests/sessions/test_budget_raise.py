@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
-from receiver.budget_api import budget_routes
+from console.budget_api import budget_routes
 from sessions.budget import BudgetNotFound, BudgetRefused, InvalidBudget
 from sessions.launcher import Launcher, LaunchRequest
 from store.engine import make_engine

@@ -15,8 +15,8 @@ import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
+from console.followups_api import followup_routes
 from idlehook.cli import main
-from receiver.followups_api import followup_routes
 from sessions.followups import FollowUpError, InvalidFollowUp, KeyConflict, SessionClosed
 from sessions.followups import SessionNotFound as NoSession
 from sessions.launcher import Launcher, LaunchRequest

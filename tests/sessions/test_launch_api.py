@@ -5,7 +5,7 @@ import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
 
-from receiver.sessions_api import sessions_routes
+from console.sessions_api import sessions_routes
 from tests.sessions.test_launch_helpers import launcher_for, world
 from tests.support.servers import serve
 

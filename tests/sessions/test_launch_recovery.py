@@ -13,7 +13,7 @@ import httpx2 as httpx  # the SDK drives its own fork of httpx
 import pytest
 import sqlalchemy.exc
 
-from sessions.launch_queue import decide
+from sessions.launch_retry import decide_launch_retry
 from sessions.launcher import Launcher, LaunchRejected, LaunchRequest
 from sessions.paced_transport import PacedTransport
 from sessions.pacing import Pacer
@@ -144,13 +144,13 @@ async def test_a_store_outage_is_retried_not_failed(db_url: str, tmp_path: Path)
 
 def test_store_errors_are_retried_but_bugs_are_not() -> None:
     lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
-    decision = decide(lost, sent=False)
+    decision = decide_launch_retry(lost, sent=False)
     assert decision.retry
     assert decision.store_error
     assert not decision.outcome_unknown
     assert decision.message == "store unavailable: Exception: server closed"
     clash = sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("unique"))
-    assert not decide(clash, sent=False).retry
+    assert not decide_launch_retry(clash, sent=False).retry
 
 
 class Clock:

@@ -14,7 +14,7 @@ from sessions.pacing import Pacer
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Reaper
 from sessions.reconciler import Reconciler
-from store import audit
+from store import reaper_actions
 from store.engine import make_engine
 from store.models import ReaperActionKind, TrackedSession
 from tests.sessions.paced import paced_calls, paced_client
@@ -99,7 +99,7 @@ async def test_reaps_every_kind_of_orphan_and_nothing_else(api, engine):
     for session_id in expected:
         assert deleted_at(engine, session_id) is not None
     assert deleted_at(engine, fresh.id) is None
-    rows = audit.reaper_actions(engine, run_id=report.run_id)
+    rows = reaper_actions.read(engine, run_id=report.run_id)
     assert {(r.session_id, r.action, r.dry_run) for r in rows} == {
         (sid, "deleted", False) for sid in expected
     }
@@ -200,7 +200,7 @@ async def test_dry_run_deletes_nothing_and_audits_what_it_would_do(api, engine):
 
     assert api.requests("DELETE /v1/sessions/{id}") == before
     assert {s.id for s in sessions} <= live_ids(api)
-    rows = audit.reaper_actions(engine, run_id=report.run_id)
+    rows = reaper_actions.read(engine, run_id=report.run_id)
     assert sorted((r.session_id, r.action, r.reason, r.dry_run) for r in rows) == sorted(
         (s.id, "deleted", "handled", True) for s in sessions
     )
@@ -316,7 +316,7 @@ async def test_refused_delete_is_recorded_failing_and_retried_next_run(api, engi
     assert by_id[other.id].action is ReaperActionKind.DELETED
     assert refused.id in live_ids(api)
     assert deleted_at(engine, refused.id) is None
-    row = next(r for r in audit.reaper_actions(engine) if r.session_id == refused.id)
+    row = next(r for r in reaper_actions.read(engine) if r.session_id == refused.id)
     assert (row.action, row.dry_run) == ("refused", False)
     assert "cannot be deleted" in (row.error or "")
 
@@ -503,7 +503,7 @@ async def test_a_server_error_is_a_failure_not_a_refusal(api, sqlite_url):
     assert not report.ok
     assert [(o.action, o.reason) for o in report.outcomes] == [(ReaperActionKind.FAILED, "handled")]
     assert "500" in (report.outcomes[0].error or "")
-    assert [r.action for r in audit.reaper_actions(engine)] == ["failed"]
+    assert [r.action for r in reaper_actions.read(engine)] == ["failed"]
     assert session.id in live_ids(api)
     engine.dispose()
 

@@ -15,7 +15,7 @@ from idlehook.cli import main
 from idlehook.settings import Settings
 from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Reaper, ReapReport
-from store import audit
+from store import reaper_actions
 from store.engine import make_engine
 from store.models import ReaperActionKind, TrackedSession
 from tests.sessions.reaping import OWNER, emulator, live_ids, new_session, track
@@ -104,7 +104,7 @@ def test_reap_dry_run_then_real_run(tmp_path, sqlite_url, capsys):
         swept = json.loads(capsys.readouterr().out)
         assert swept["failed"] == []
         assert swept["alarm"] is False
-    rows = audit.reaper_actions(engine)
+    rows = reaper_actions.read(engine)
     assert [r.dry_run for r in rows].count(True) == 2
     engine.dispose()
 

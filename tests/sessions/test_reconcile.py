@@ -19,10 +19,11 @@ from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from handlers.twins import late_duplicate
 from receiver.app import create_app
 from receiver.config import ReceiverConfig
-from sessions.reconciler import Reconciler, late_duplicate, synthetic_delivery
-from store.audit import transition_event_id
+from sessions.reconciler import Reconciler, synthetic_delivery
+from store.delivered import transition_event_id
 from store.engine import make_engine
 from store.inbox import Inbox
 from store.models import Delivery, HandlerRun

@@ -23,7 +23,7 @@ from emulator.config import EmulatorConfig
 from emulator.core import Emulator
 from sessions import reconciler as reconciler_module
 from sessions.reconciler import Reconciler
-from store.audit import transition_event_id
+from store.delivered import transition_event_id
 from store.engine import make_engine
 from store.models import Delivery, Source, TrackedSession
 from tests.sessions.paced import paced_calls, paced_client
@@ -348,9 +348,10 @@ def test_which_tracked_sessions_are_settled(engine: Engine) -> None:
 def test_coverage_transition_time_and_ran_since_are_pure_rules() -> None:
     from types import SimpleNamespace
 
+    from handlers.twins import covers
     from sessions.reap_io import StatusEvent
-    from sessions.reconciler import covers, ran_since, transition_at
-    from store.audit import SeenDelivery
+    from sessions.reconciler import ran_since, transition_at
+    from store.delivered import SeenDelivery
     from store.watch import Watched
 
     t = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)

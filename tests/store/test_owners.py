@@ -21,7 +21,7 @@ OWNERS = {
     "launches": {"launches.py"},
     "environment_checks": {"launches.py"},
     "rate_slots": {"rate_slots.py"},
-    "reaper_actions": {"audit.py"},
+    "reaper_actions": {"reaper_actions.py"},
     "reconcile_cursors": {"watch.py"},
     "tool_calls": {"tool_calls.py"},
     "approvals": {"approvals.py"},
@@ -150,7 +150,7 @@ def _sql_uses(path: Path) -> Iterator[str]:
 
 def test_only_store_knows_sql() -> None:
     found: list[str] = []
-    for package in ("idlehook", "receiver", "handlers", "sessions"):
+    for package in ("idlehook", "receiver", "console", "handlers", "sessions"):
         for path in sorted((ROOT / package).rglob("*.py")):
             found.extend(_sql_uses(path))
     assert found == []

@@ -56,6 +56,32 @@ def test_route_then_handlers_in_order_within_a_lane(store: RunStore, engine: Eng
     assert store.unfinished() == 0
 
 
+def test_a_routed_delivery_s_handlers_go_before_later_deliveries(
+    store: RunStore, engine: Engine
+) -> None:
+    """A burst: many sessions' routing runs are due at once. Once one is routed, its handlers
+    are due as of its delivery, so they are claimed before the routing of later deliveries (in
+    other lanes): each session is finished while its delivery's reads are fresh."""
+    clock = Clock()
+    first = add_delivery(engine, session_id="sesn_a", now=clock.now())
+    later = []
+    for i in range(3):
+        clock.advance(1)
+        later.append(add_delivery(engine, session_id=f"sesn_{i}", now=clock.now()))
+    clock.advance(1)
+
+    [route] = store.claim("w1", clock.now(), LEASE, limit=1)
+    assert (route.delivery_id, route.handler) == (first, "_route")
+    assert store.complete_route(
+        route.id, "w1", clock.now(), 1.0, ["archive", "delete"], attempt=route.attempts
+    )
+    [next_run] = store.claim("w1", clock.now(), LEASE, limit=1)
+    assert (next_run.delivery_id, next_run.handler) == (first, "archive")
+    # The later deliveries' routing is still due, after it.
+    rest = store.claim("w2", clock.now(), LEASE, limit=10)
+    assert sorted(r.delivery_id for r in rest) == sorted(later)
+
+
 def test_complete_route_is_idempotent_per_handler(store: RunStore, engine: Engine) -> None:
     clock = Clock()
     delivery = add_delivery(engine, now=clock.now())

@@ -11,8 +11,9 @@ import anthropic
 import httpx
 
 from emulator import Emulator, EmulatorConfig, create_emulator
+from handlers.config import WorkerSettings
 from idlehook import wiring
-from idlehook.settings import ReaperSettings, ReconcileSettings, Settings, WorkerSettings
+from idlehook.settings import ReaperSettings, ReconcileSettings, Settings
 from tests.support.servers import serve
 
 WEBHOOK_PATH = "/webhooks/anthropic"

@@ -6,8 +6,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from handlers.config import ApprovalSettings, ToolsSettings, WorkerSettings
 from idlehook import wiring
-from idlehook.settings import ApprovalSettings, ToolsSettings, WorkerSettings
 from tests.support.servers import wait_for
 from tests.support.stack import Running, emulator_and_service
 

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from handlers.config import ApprovalRule, ApprovalSettings, ForwardSettings
 from idlehook.cli import main
-from idlehook.settings import ApprovalRule, ApprovalSettings, ForwardSettings
 from store import approvals
 from store.models import TrackedSession
 from tests.support.servers import serve, wait_for

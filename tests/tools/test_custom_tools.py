@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from idlehook.settings import ToolsSettings
+from handlers.config import ToolsSettings
 from store import tool_calls
 from store.models import Delivery, ToolCall, ToolCallState, utcnow
 from store.tool_calls import INTERRUPTED

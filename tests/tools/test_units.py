@@ -8,10 +8,10 @@ from typing import TypeVar
 import pytest
 from anthropic.lib.tools import ToolError, beta_async_tool, beta_tool
 
-from handlers.tools.policy import HeldCall, decide
+from handlers.config import ApprovalRule
+from handlers.tools.policy import HeldCall, apply_rules
 from handlers.tools.registry import ToolRegistry, custom_tool, load_reference
 from handlers.tools.runner import run_tool, to_content
-from idlehook.settings import ApprovalRule
 from store import approvals, tool_calls
 from store.approvals import Decision
 from store.engine import make_engine
@@ -40,13 +40,16 @@ def test_policy_first_matching_rule_decides_else_the_default() -> None:
         ApprovalRule(agent_ids=["agent_ops"], action="allow"),
         ApprovalRule(metadata={"env": "prod"}, action="deny", message="not in prod"),
     ]
-    assert decide(rules, "ask", call(input={"command": "rm -rf /"})).action == "deny"
-    assert decide(rules, "ask", call(input={"command": "rm -rf /"})).message == "Denied by policy."
-    assert decide(rules, "ask", call(input={"command": "rm -rf /"})).rule == "no-rm"
-    assert decide(rules, "ask", call(agent="agent_ops")).action == "allow"
-    prod = decide(rules, "ask", call(env="prod"))
+    assert apply_rules(rules, "ask", call(input={"command": "rm -rf /"})).action == "deny"
+    assert (
+        apply_rules(rules, "ask", call(input={"command": "rm -rf /"})).message
+        == "Denied by policy."
+    )
+    assert apply_rules(rules, "ask", call(input={"command": "rm -rf /"})).rule == "no-rm"
+    assert apply_rules(rules, "ask", call(agent="agent_ops")).action == "allow"
+    prod = apply_rules(rules, "ask", call(env="prod"))
     assert (prod.action, prod.message, prod.rule) == ("deny", "not in prod", "2")
-    default = decide(rules, "ask", call())
+    default = apply_rules(rules, "ask", call())
     assert (default.action, default.rule) == ("ask", None)
 
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
+from console import auth
 from idlehook import wiring
 from idlehook.settings import Settings
-from receiver import auth
 from tests.support.servers import serve
 
 TOKEN = "auth-test-token-9f8e7d"

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from sqlmodel import Session
 
-from receiver import auth, web_page
+from console import auth, web_page
 from store import dashboard
 from store.dashboard import SessionRow
 from store.engine import make_engine

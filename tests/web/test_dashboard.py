@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlmodel import Session
 
-from receiver import web_page
+from console import web_page
 from store import dashboard
 from store.engine import make_engine
 from store.models import (
@@ -119,7 +119,7 @@ def test_load_reads_everything_the_page_shows(db_url: str) -> None:
         engine.dispose()
     t = view.totals
     assert t.sessions == 2
-    assert abs(t.cost_usd - 0.75) < 1e-9
+    assert abs(t.total_cost_usd - 0.75) < 1e-9
     assert (t.deliveries, t.duplicates) == (7, 1)
     assert t.runs_by_state == {"succeeded": 1, "dead": 1}  # the routing step is not a plugin
     assert t.reaped == 1  # the dry run did not delete anything

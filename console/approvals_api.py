@@ -1,6 +1,6 @@
 """`GET /approvals` and `POST /approvals/{id}`: a person decides a tool use held for confirmation.
 
-Bearer token or the web page's cookie (receiver/auth.py). The body is
+Bearer token or the web page's cookie (console/auth.py). The body is
 `{"decision": "allow"|"deny", "message": "..."}`; the message is what the agent is told on deny.
 200: decided and the confirmation sent; 202: decided, the send failed and will be retried by the
 sweep; 409: someone decided first (the body says how); 404: no such approval.
@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from console.auth import authorised
+from console.errors import json_body, json_error
 from handlers.tools.confirm import NotFound, settle
-from receiver.auth import authorised
-from receiver.errors import json_body, json_error
 from store import approvals
 from store.approvals import ApprovalView, Decision, PendingApproval
 from store.models import utcnow

@@ -1,8 +1,7 @@
-"""What the reaper and the reconciler read and write in the store.
-
-Reaper: the facts its guards need (tracked rows, unfinished handler runs per session) and its
-audit rows (`deleted_at` is store/sessions.py's `mark_deleted`). Reconciler: whether a transition
-was already delivered (its cursors and what it watches are store/watch.py).
+"""Which deliveries the store holds, as the reconciler asks: was a transition already delivered
+(by a webhook or a synthetic delivery), its deterministic synthetic event id, and when the last
+real webhook arrived. Reads only: store/ingest.py writes deliveries. Its cursors and what it
+watches are store/watch.py.
 """
 
 from collections.abc import Collection, Iterable, Sequence
@@ -13,14 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from store.models import (
-    UNFINISHED_STATES,
-    Delivery,
-    HandlerRun,
-    ReaperAction,
-    Source,
-    TrackedSession,
-)
+from store.models import Delivery, Source
 
 _CHUNK = 500  # keeps IN (...) lists well under every driver's parameter limit
 
@@ -28,53 +20,6 @@ _CHUNK = 500  # keeps IN (...) lists well under every driver's parameter limit
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
-
-
-# -- reaper ----------------------------------------------------------------------------------
-
-
-def tracked_sessions(engine: Engine, ids: Sequence[str]) -> dict[str, TrackedSession]:
-    found: dict[str, TrackedSession] = {}
-    with Session(engine, expire_on_commit=False) as db:
-        for chunk in _chunks(list(ids)):
-            for row in db.exec(select(TrackedSession).where(col(TrackedSession.id).in_(chunk))):
-                found[row.id] = row
-    return found
-
-
-def unfinished_runs(engine: Engine, ids: Sequence[str]) -> dict[str, int]:
-    """Unfinished handler runs (pending, running, failed-and-retrying) per session lane."""
-    counts: dict[str, int] = {}
-    states = [str(s) for s in UNFINISHED_STATES]
-    with Session(engine) as db:
-        for chunk in _chunks(list(ids)):
-            query = (
-                select(HandlerRun.lane, sa.func.count())
-                .where(col(HandlerRun.lane).in_(chunk), col(HandlerRun.state).in_(states))
-                .group_by(col(HandlerRun.lane))
-            )
-            for lane, count in db.exec(query):
-                counts[lane] = int(count)
-    return counts
-
-
-def record_actions(engine: Engine, rows: Sequence[ReaperAction]) -> None:
-    if not rows:
-        return
-    with Session(engine) as db:
-        db.add_all(rows)
-        db.commit()
-
-
-def reaper_actions(engine: Engine, *, run_id: str | None = None) -> list[ReaperAction]:
-    query = select(ReaperAction).order_by(col(ReaperAction.id))
-    if run_id is not None:
-        query = query.where(ReaperAction.run_id == run_id)
-    with Session(engine) as db:
-        return list(db.exec(query))
-
-
-# -- reconciler ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -152,6 +97,20 @@ def has_reconciled_delivery(engine: Engine, session_id: str) -> bool:
     with Session(engine) as db:
         query = select(Delivery.id).where(
             Delivery.session_id == session_id, Delivery.source == str(Source.RECONCILE)
+        )
+        return db.exec(query.limit(1)).first() is not None
+
+
+def newer_delivery(
+    engine: Engine, session_id: str, after_id: int, event_types: Collection[str]
+) -> bool:
+    """Whether a delivery of one of `event_types` about the session was stored after row
+    `after_id` (row order is storage order, whatever the clocks say)."""
+    with Session(engine) as db:
+        query = select(Delivery.id).where(
+            Delivery.session_id == session_id,
+            col(Delivery.id) > after_id,
+            col(Delivery.event_type).in_(list(event_types)),
         )
         return db.exec(query.limit(1)).first() is not None
 

@@ -1,6 +1,6 @@
 """`GET /`: the read-only operator page, and `GET|POST /login` to get a browser in.
 
-Behind the same token as the management API (receiver/auth.py). A browser cannot send a bearer
+Behind the same token as the management API (console/auth.py). A browser cannot send a bearer
 header, so `POST /login` (the form) sets an HttpOnly, SameSite=Strict cookie holding an HMAC of
 the token. `GET /?token=...` does the same once and redirects to the bare `/`, for a bookmark or
 a headless browser; the form is preferable, since a URL can end up in a proxy's access log.
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from receiver import auth, web_page
+from console import auth, web_page
 from store import dashboard
 from store.models import utcnow
 

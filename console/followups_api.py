@@ -1,6 +1,6 @@
 """`POST /sessions/{id}/messages`: a follow-up to a session that already exists.
 
-Bearer token or the web page's cookie (receiver/auth.py), like `POST /sessions`. The body is
+Bearer token or the web page's cookie (console/auth.py), like `POST /sessions`. The body is
 `{"message": "...", "idempotency_key": "...", "deadline": "2h"}` (only `message` is required).
 201: sent now; 200: this key was sent before (or an earlier attempt's message was found), and
 nothing new was sent. 400 bad input; 404 no such session; 409 the session cannot take a message
@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.auth import authorised
-from receiver.errors import json_body, json_error
+from console.auth import authorised
+from console.errors import json_body, json_error
 from sessions.followups import (
     FollowUpError,
     FollowUpRequest,

@@ -11,7 +11,7 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
-from sessions.budget import cap_from_metadata
+from handlers.spend import cap_from_metadata
 from store.dashboard import Dashboard, MinuteBucket, SessionRow
 
 CHART_WIDTH = 1180
@@ -257,7 +257,7 @@ def render(
     runs = t.runs_by_state
     cards = [
         ("sessions", str(t.sessions)),
-        ("cost", _money(t.cost_usd)),
+        ("cost", _money(t.total_cost_usd)),
         ("deliveries", str(t.deliveries)),
         ("duplicates", str(t.duplicates)),
         ("runs ok", str(runs.get("succeeded", 0))),

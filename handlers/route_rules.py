@@ -1,15 +1,20 @@
-"""Pure: which handlers a notification wants, given the routes and what is known of the session."""
+"""Pure: which handlers a notification wants, given the routes and what is known of the session.
+
+The rules matched here; the I/O around them (fetch the session, record it) is handlers/routing.py.
+"""
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from handlers.config import RouteRule
 from handlers.events import is_idle
-from idlehook.settings import RouteRule
 
 
 @dataclass(frozen=True)
-class SessionFacts:
-    """What a fetched session says; None for a session that could not be fetched (deleted)."""
+class RouteFacts:
+    """What a route rule may ask of a fetched session.
+
+    None in its place: the session could not be fetched (deleted)."""
 
     status: str | None = None
     stop_reason: str | None = None
@@ -54,7 +59,7 @@ def needs_session(rules: Sequence[RouteRule], event_type: str) -> bool:
     return is_idle(event_type) or any(_needs_facts(rule) for rule in candidates)
 
 
-def _facts_match(rule: RouteRule, facts: SessionFacts | None) -> bool:
+def _facts_match(rule: RouteRule, facts: RouteFacts | None) -> bool:
     if not _needs_facts(rule):
         return True
     if facts is None:
@@ -72,7 +77,7 @@ def _facts_match(rule: RouteRule, facts: SessionFacts | None) -> bool:
     return all(facts.metadata.get(key) == value for key, value in rule.metadata.items())
 
 
-def route(rules: Sequence[RouteRule], event_type: str, facts: SessionFacts | None) -> RouteDecision:
+def route(rules: Sequence[RouteRule], event_type: str, facts: RouteFacts | None) -> RouteDecision:
     """Every matching rule contributes its handlers, deduplicated in first-seen order.
 
     An idle notification whose session is no longer idle when fetched is stale: the session was

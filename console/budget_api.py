@@ -1,6 +1,6 @@
 """`POST /sessions/{id}/budget`: a person raises a session's spend ceiling.
 
-Bearer token or the web page's cookie plus its CSRF header (receiver/auth.py). The body is
+Bearer token or the web page's cookie plus its CSRF header (console/auth.py). The body is
 `{"usd": 12.5}`. 200 answers the new budget; 400 bad input; 404 no such session; 409 the
 API's rules refuse the raise (no update call was made, or the API itself said no); 503 the
 API could not be asked. The API resumes a session paused on its budget by itself.
@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.auth import authorised
-from receiver.errors import json_body, json_error
+from console.auth import authorised
+from console.errors import json_body, json_error
 from sessions.budget import BudgetNotFound, BudgetRefused, BudgetUnavailable, InvalidBudget
 from sessions.launcher import Launcher
 

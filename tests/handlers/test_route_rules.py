@@ -1,14 +1,14 @@
-"""handlers.router and handlers.retry are pure: no database, no network, no clock."""
+"""handlers.route_rules and handlers.retry are pure: no database, no network, no clock."""
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from handlers.config import RouteRule, WorkerSettings, default_routes
 from handlers.retry import PermanentError, backoff_seconds, next_attempt
-from handlers.router import SessionFacts, needs_session, route
-from idlehook.settings import RouteRule, WorkerSettings, default_routes
+from handlers.route_rules import RouteFacts, needs_session, route
 
-IDLE_END = SessionFacts(status="idle", stop_reason="end_turn", agent_id="agent_1")
+IDLE_END = RouteFacts(status="idle", stop_reason="end_turn", agent_id="agent_1")
 
 
 @pytest.mark.parametrize("event_type", ["session.status_idled", "session.idled"])
@@ -32,7 +32,7 @@ def test_default_routes_harvest_a_finished_idle_from_either_family(event_type: s
 def test_default_routes_save_every_outcome(stop_reason: str | None) -> None:
     # Failed runs are reported and archived too, and a stop reason the SDK adds tomorrow is
     # archived rather than dropped: nothing idles unsaved by default.
-    facts = SessionFacts(status="idle", stop_reason=stop_reason)
+    facts = RouteFacts(status="idle", stop_reason=stop_reason)
     assert route(default_routes(), "session.status_idled", facts).handlers == ("archive", "log")
 
 
@@ -50,13 +50,13 @@ def test_a_route_idle_for_is_the_shortest_of_the_matching_rules() -> None:
 
 
 def test_idle_waiting_for_input_is_not_harvested() -> None:
-    facts = SessionFacts(status="idle", stop_reason="requires_action")
+    facts = RouteFacts(status="idle", stop_reason="requires_action")
     # Answered (custom tools, approvals), never archived as finished.
     assert route(default_routes(), "session.status_idled", facts).handlers == ("answer",)
 
 
 def test_stale_idle_routes_nothing() -> None:
-    facts = SessionFacts(status="running", stop_reason="end_turn")
+    facts = RouteFacts(status="running", stop_reason="end_turn")
     decision = route(default_routes(), "session.status_idled", facts)
     assert (decision.handlers, decision.reason) == ((), "stale_idle")
 
@@ -75,7 +75,7 @@ def test_every_matching_rule_contributes_deduplicated_in_order() -> None:
         RouteRule(name="c", agent_ids=["agent_2"], handlers=["never"]),
         RouteRule(name="d", deployment_ids=["depl_1"], statuses=["idle"], handlers=["delete"]),
     ]
-    facts = SessionFacts(
+    facts = RouteFacts(
         status="idle", agent_id="agent_1", deployment_id="depl_1", metadata={"team": "x"}
     )
     decision = route(rules, "session.status_idled", facts)
@@ -100,10 +100,16 @@ SETTINGS = WorkerSettings(max_attempts=4, backoff_base_seconds=2, backoff_max_se
 
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
-    assert [backoff_seconds(n, SETTINGS, 0.0) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 5, 5]
-    assert [backoff_seconds(n, SETTINGS, 0.999) for n in (1, 2, 3)] == pytest.approx(
-        [2, 4, 8], abs=0.01
-    )
+    assert [backoff_seconds(n, base=2, maximum=10, jitter=0.0) for n in (1, 2, 3, 4, 5)] == [
+        1,
+        2,
+        4,
+        5,
+        5,
+    ]
+    assert [
+        backoff_seconds(n, base=2, maximum=10, jitter=0.999) for n in (1, 2, 3)
+    ] == pytest.approx([2, 4, 8], abs=0.01)
 
 
 def test_next_attempt_until_max_attempts_then_dead() -> None:

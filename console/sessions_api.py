@@ -1,6 +1,6 @@
 """`POST /sessions` and `GET /sessions`: launching for event-driven integrations.
 
-Bearer-token protected (`Settings.api_token`, checked by receiver/auth.py, which also admits the
+Bearer-token protected (`Settings.api_token`, checked by console/auth.py, which also admits the
 web page's cookie). A launch answers 201 with the new session id once the create call succeeded,
 or 202 when queued (`"queue": true`, or the create is still waiting for its turn). Bad input is
 a 400 naming the problem. Files must be `file_...` ids here: a path would read the server's own
@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from receiver.auth import authorised
-from receiver.errors import json_body, json_error
+from console.auth import authorised
+from console.errors import json_body, json_error
 from sessions.launcher import (
     InvalidLaunch,
     Launcher,
