@@ -42,9 +42,10 @@ def session_marker(sessions: SessionStore, now: Callable[[], datetime]) -> Sessi
 
 def _seen(result: SessionResult) -> SessionUpdate:
     """The session's facts as the handler's result holds them (read from the API's session by
-    handlers.result.build_result, and priced there)."""
+    handlers.result.build_result, and priced there). Not its status: the result may come from
+    the delivery's shared read, older than a wake recorded since (a retried archive), and a
+    status written now would stamp that old state as current; routing records status."""
     return SessionUpdate(
-        status=result.status,
         stop_reason=result.stop_reason,
         agent_id=result.agent_id,
         agent_version=result.agent_version,

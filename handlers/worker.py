@@ -321,13 +321,15 @@ class Worker:
         return list(outcome.decision.handlers)
 
     def _unless_superseded(self, delivery: DeliveryView, update: SessionUpdate) -> SessionUpdate:
-        """A status implied by a notification (nothing fetched) is news only while no later
-        status notification is stored. Routed late behind a backlog, a run start must not mark
-        a session busy that has rested since (its idle stored, not yet routed): the reconciler
-        would take it for a wake and spend a read on it."""
+        """A status implied by a notification (nothing fetched) is news only while no status
+        notification of a later transition (by the API's event time) is stored. Routed late
+        behind a backlog, a run start must not mark busy a session that has rested since (its
+        idle stored, not yet routed): the reconciler would take it for a wake and spend a read
+        on it. A late retry of an older webhook is stored later but is no such news."""
         assert delivery.session_id is not None
-        if delivered.newer_delivery(
-            self.store.engine, delivery.session_id, delivery.id, STATUS_TYPES
+        created = delivery.event_created_at
+        if created is not None and delivered.newer_delivery(
+            self.store.engine, delivery.session_id, created, STATUS_TYPES
         ):
             return dataclasses.replace(update, status=None)
         return update

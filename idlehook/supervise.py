@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 import structlog
 
 log = structlog.get_logger(__name__)
+# After a clean exit of the child, how long to wait for serve's own stop before restarting.
+STOP_GRACE_S = 2.0
 
 # A child that dies sooner than this after starting is restarted after a pause that doubles each
 # time, from the first to the last; one that lived longer is restarted at once.
@@ -139,10 +141,13 @@ class Supervisor:
             if self._stopping.is_set():
                 return
             if code == 0:
-                # It was asked to stop (SIGTERM or SIGINT, which reach serve too from systemd
-                # or a terminal): not a crash, so not restarted.
-                log.info(f"serve.{self.name}_stopped", pid=popen.pid)
-                return
+                # Asked to stop. From systemd or a terminal the signal reaches serve too, which
+                # is then stopping within moments; a signal to the child alone (a stray `kill`)
+                # must not leave serve acking webhooks with no worker, so it comes back.
+                if self._stopping.wait(STOP_GRACE_S):
+                    return
+                log.warning(f"serve.{self.name}_stopped_alone", pid=popen.pid)
+                pause = self.pauses[0]
             if time.monotonic() - started >= self.healthy_after:
                 pause, wait = self.pauses[0], 0.0
             else:

@@ -31,6 +31,7 @@ RateClass = Literal["create", "read"]
 RATED = frozenset({"agents", "sessions", "vaults"})
 # A 429 without a usable `retry-after` still holds the class back this long.
 DEFAULT_RETRY_AFTER_S = 1.0
+MAX_PUSH_BACK_S = 60.0
 
 
 def rate_class(method: str, path: str) -> RateClass | None:
@@ -61,7 +62,9 @@ class PacedTransport(httpx.AsyncBaseTransport):
         response = await self.inner.handle_async_request(request)
         if response.status_code == 429:
             asked = retry_after_seconds(response.headers)
-            wait = DEFAULT_RETRY_AFTER_S if asked is None else asked
+            # Capped: the push-back is shared by every process and outlives restarts, and a
+            # gateway's `retry-after: 3600` must not stall the whole class for an hour.
+            wait = DEFAULT_RETRY_AFTER_S if asked is None else min(asked, MAX_PUSH_BACK_S)
             try:
                 await self.pacer.penalise(kind, wait)
             except Exception as exc:

@@ -102,14 +102,15 @@ def has_reconciled_delivery(engine: Engine, session_id: str) -> bool:
 
 
 def newer_delivery(
-    engine: Engine, session_id: str, after_id: int, event_types: Collection[str]
+    engine: Engine, session_id: str, created_after: datetime, event_types: Collection[str]
 ) -> bool:
-    """Whether a delivery of one of `event_types` about the session was stored after row
-    `after_id` (row order is storage order, whatever the clocks say)."""
+    """Whether a delivery of one of `event_types` about the session, for a transition created
+    after `created_after`, is stored. Transition times, not rows: a late retry of an older
+    webhook, or a synthetic delivery for an older transition, is stored later but is not news."""
     with Session(engine) as db:
         query = select(Delivery.id).where(
             Delivery.session_id == session_id,
-            col(Delivery.id) > after_id,
+            col(Delivery.event_created_at) > created_after,
             col(Delivery.event_type).in_(list(event_types)),
         )
         return db.exec(query.limit(1)).first() is not None

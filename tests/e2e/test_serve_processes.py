@@ -103,6 +103,20 @@ def test_sigterm_to_serve_stops_its_worker_process_too(sqlite_url: str, tmp_path
         assert '"worker.stopped"' in log
 
 
+def test_a_worker_stopped_alone_comes_back(sqlite_url: str, tmp_path: Path) -> None:
+    """A stray SIGTERM to the worker process alone (it exits 0, as when serve stops it) must not
+    leave serve acknowledging webhooks with nothing to handle them."""
+    with processes(tmp_path) as procs:
+        serve = procs.serve("serve", base_env(tmp_path, sqlite_url), worker=True)
+        worker = one_worker(serve)
+        wait_for(lambda: '"worker.started"' in serve.log.read_text(), timeout=60)
+        os.kill(worker, signal.SIGTERM)
+        restarted = wait_for(lambda: [p for p in worker_pids(serve.pid) if p != worker], 60)
+        assert len(restarted) == 1
+        assert serve.alive()
+        assert '"serve.worker_stopped_alone"' in serve.log.read_text()
+
+
 def test_a_serve_killed_with_sigkill_leaves_no_worker_process(
     sqlite_url: str, tmp_path: Path
 ) -> None:

@@ -203,16 +203,26 @@ async def test_a_run_start_routed_after_a_later_idle_was_stored_marks_nothing_bu
         add_delivery(engine, "session.status_run_started", "sesn_late")
         idle = add_delivery(engine, IDLE, "sesn_late")
         add_delivery(engine, "session.status_run_started", "sesn_now")
+        # A late retry of an older idle webhook, stored after the run start: no news.
+        add_delivery(engine, "session.status_run_started", "sesn_retry")
+        retried = add_delivery(
+            engine, IDLE, "sesn_retry", now=datetime.now(UTC) - timedelta(minutes=5)
+        )
         # The idle is stored but its routing waits (the backlog): only the run starts route.
         runs = HandlerRun.__table__  # type: ignore[attr-defined]
         with engine.begin() as conn:
             later = datetime.now(UTC) + timedelta(hours=1)
             conn.execute(
-                sa.update(runs).where(runs.c.delivery_id == idle).values(next_attempt_at=later)
+                sa.update(runs)
+                .where(runs.c.delivery_id.in_([idle, retried]))
+                .values(next_attempt_at=later)
             )
         worker = Worker(store, Registry([]), client, no_routes)
-        await run_until(worker, lambda: store.unfinished() == 1)
+        await run_until(worker, lambda: store.unfinished() == 2)
     late, now = sessions.get("sesn_late"), sessions.get("sesn_now")
+    retry = sessions.get("sesn_retry")
+    assert retry is not None
+    assert retry.status == "running"
     assert late is not None
     assert now is not None
     assert late.status is None  # not "running": its idle is already stored
