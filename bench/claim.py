@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from bench.common import database, save
 from store.engine import is_sqlite, make_engine, migrate
@@ -78,17 +78,22 @@ def _fill_sqlite(engine: Engine, deliveries: int, start: datetime) -> None:
             FROM n
             """
         )
-        for position, handler in enumerate(("_route", "archive")):
-            conn.exec_driver_sql(
-                f"""
-                INSERT INTO handler_runs (delivery_id, lane, position, handler, state, attempts,
-                    next_attempt_at, created_at, updated_at, finished_at, duration_ms)
-                SELECT id, session_id, {position}, '{handler}',
-                    CASE WHEN mod(id, 100) = 0 AND {position} = 1 THEN 'dead' ELSE 'succeeded' END,
-                    1, received_at, received_at, received_at, received_at, 5.0
-                FROM deliveries ORDER BY id
-                """
-            )
+        _insert_runs(conn)
+
+
+def _insert_runs(conn: Connection) -> None:
+    """A finished `_route` and `archive` run per delivery (1 in 100 archives dead)."""
+    for position, handler in enumerate(("_route", "archive")):
+        conn.exec_driver_sql(
+            f"""
+            INSERT INTO handler_runs (delivery_id, lane, position, handler, state, attempts,
+                next_attempt_at, created_at, updated_at, finished_at, duration_ms)
+            SELECT id, session_id, {position}, '{handler}',
+                CASE WHEN mod(id, 100) = 0 AND {position} = 1 THEN 'dead' ELSE 'succeeded' END,
+                1, received_at, received_at, received_at, received_at, 5.0
+            FROM deliveries ORDER BY id
+            """
+        )
 
 
 def _fill_postgres(engine: Engine, deliveries: int, start: datetime) -> None:
@@ -109,17 +114,7 @@ def _fill_postgres(engine: Engine, deliveries: int, start: datetime) -> None:
         conn.exec_driver_sql(
             f"SELECT setval(pg_get_serial_sequence('deliveries', 'id'), {deliveries})"
         )
-        for position, handler in enumerate(("_route", "archive")):
-            conn.exec_driver_sql(
-                f"""
-                INSERT INTO handler_runs (delivery_id, lane, position, handler, state, attempts,
-                    next_attempt_at, created_at, updated_at, finished_at, duration_ms)
-                SELECT id, session_id, {position}, '{handler}',
-                    CASE WHEN mod(id, 100) = 0 AND {position} = 1 THEN 'dead' ELSE 'succeeded' END,
-                    1, received_at, received_at, received_at, received_at, 5.0
-                FROM deliveries ORDER BY id
-                """
-            )
+        _insert_runs(conn)
 
 
 def fill(engine: Engine, history_runs: int, now: datetime) -> float:
