@@ -11,11 +11,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator
 
 from handlers.billing import Pricing
 from handlers.durations import parse_duration
 from handlers.events import IDLE_TYPES, REQUIRES_ACTION, TERMINATED_TYPES
+
+# The stop reason of a session waiting on a custom tool result or a tool confirmation.
+REQUIRES_ACTION_STOP = "requires_action"
 
 
 class Section(BaseModel):
@@ -34,6 +37,11 @@ class RouteRule(Section):
     handler once (first-seen position wins). An idle notification whose session is no longer
     idle when fetched matches nothing (stale). Rules asking about the session never match one
     that is gone (404), so late and `session.deleted` notifications route by type only.
+
+    Written rules replace the default routes but one: the built-in `requires_action -> answer`
+    rule is kept after them (`with_answer_route`) unless a written rule claims
+    `requires_action` (in `stop_reasons`, or `event_types` naming `session.requires_action`).
+    Without it a session calling a custom tool would wait forever and `[tools]` never load.
     """
 
     name: str = ""
@@ -49,6 +57,8 @@ class RouteRule(Section):
     # Keep a session this rule handled this long idle before the reaper may delete it
     # (overrides `[reaper] idle_for`; the shortest of the matching rules wins).
     idle_for: str | None = None
+    # Set only on the rules default_routes() makes: not a key a config file can write.
+    _builtin: bool = PrivateAttr(default=False)
 
     @field_validator("idle_for")
     @classmethod
@@ -58,31 +68,71 @@ class RouteRule(Section):
     def idle_for_seconds(self) -> float | None:
         return None if self.idle_for is None else parse_duration(self.idle_for).total_seconds()
 
+    @property
+    def builtin(self) -> bool:
+        """True for a rule idlehook added (a default route), not one the configuration wrote."""
+        return self._builtin
+
+    def claims_requires_action(self) -> bool:
+        """The rule says what to do with a session waiting on a tool call, so the built-in
+        answering rule steps aside."""
+        return REQUIRES_ACTION_STOP in self.stop_reasons or REQUIRES_ACTION in self.event_types
+
 
 def default_routes() -> list[RouteRule]:
     """Every outcome is saved and reported: each idle stop reason the SDK knows (end_turn,
     retries_exhausted, budget_reached, refusal) and any it does not know yet, and termination.
-    Only `requires_action` is answered instead, since the session is waiting, not done."""
+    Only `requires_action` is answered instead, since the session is waiting, not done.
+
+    Written `[[routes]]` replace the first two; the last (`answer_route()`) is kept after them
+    unless one of them claims `requires_action` (`with_answer_route`)."""
     # `session.requires_action` is always a `requires_action` idle (handlers/events.py): only
     # the answering route lists it.
     idle = sorted(IDLE_TYPES - {REQUIRES_ACTION})
     return [
-        RouteRule(
-            name="finished",
-            event_types=idle,
-            except_stop_reasons=["requires_action"],
-            handlers=["archive", "log"],
+        _mark_builtin(
+            RouteRule(
+                name="finished",
+                event_types=idle,
+                except_stop_reasons=[REQUIRES_ACTION_STOP],
+                handlers=["archive", "log"],
+            )
         ),
-        RouteRule(
-            name="terminated", event_types=sorted(TERMINATED_TYPES), handlers=["archive", "log"]
+        _mark_builtin(
+            RouteRule(
+                name="terminated",
+                event_types=sorted(TERMINATED_TYPES),
+                handlers=["archive", "log"],
+            )
         ),
+        answer_route(),
+    ]
+
+
+def answer_route() -> RouteRule:
+    """The built-in rule answering a session that waits on a custom tool or an approval."""
+    return _mark_builtin(
         RouteRule(
             name="requires_action",
             event_types=sorted(IDLE_TYPES),
-            stop_reasons=["requires_action"],
+            stop_reasons=[REQUIRES_ACTION_STOP],
             handlers=["answer"],
-        ),
-    ]
+        )
+    )
+
+
+def with_answer_route(rules: Sequence[RouteRule]) -> list[RouteRule]:
+    """Written rules, and after them the built-in answering rule unless one of them claims
+    `requires_action` (see RouteRule). Idempotent."""
+    written = list(rules)
+    if any(rule.claims_requires_action() for rule in written):
+        return written
+    return [*written, answer_route()]
+
+
+def _mark_builtin(rule: RouteRule) -> RouteRule:
+    rule._builtin = True
+    return rule
 
 
 class WorkerSettings(Section):

@@ -5,19 +5,34 @@ may declare `Config`, a pydantic model: the table is validated against it here, 
 the plugin built as `Plugin(config)`. A class without `Config` is built as `Plugin()`, and a
 table for it is an error (it would be silently ignored). The built-in plugins come through the
 same door: wiring turns their older sections (`[archive]`, `[forward]`, ...) into their tables.
+
+A route naming a handler no entry point provides is refused at startup (`unknown_handler`),
+never left to dead-letter every run it would have had.
 """
 
+import difflib
 from collections.abc import Collection, Iterable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
-import structlog
 from pydantic import BaseModel, ValidationError
 
 from handlers.api import Handler, PluginConfigError
 
 ENTRY_POINT_GROUP = "idlehook.handlers"
-log = structlog.get_logger(__name__)
+
+
+def installed_names() -> list[str]:
+    """The handler names the `idlehook.handlers` entry points provide, without loading them."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+def unknown_handler(name: str, where: str, installed: Collection[str]) -> str:
+    """The one-line refusal of a handler name no entry point provides, with the closest."""
+    close = difflib.get_close_matches(name, sorted(installed), n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    names = ", ".join(sorted(installed)) or "none"
+    return f"unknown handler {name!r} in {where} (installed: {names}{hint})"
 
 
 def config_model(plugin: type[Any]) -> type[BaseModel] | None:
@@ -79,7 +94,7 @@ class Registry:
     ) -> "Registry":
         """Load the `idlehook.handlers` entry points (only those in `allow` when it is given),
         each built with its table from `tables`. Raises PluginConfigError on a table that does
-        not fit its plugin."""
+        not fit its plugin, and on a name in `allow` that no entry point provides."""
         tables = tables or {}
         loaded: list[Handler] = []
         for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -87,9 +102,13 @@ class Registry:
                 continue
             loaded.append(build(ep.load(), ep.name, tables.get(ep.name)))
         registry = cls(loaded)
-        missing = set(allow or ()) - set(registry.names())
+        missing = sorted(set(allow or ()) - set(registry.names()))
         if missing:
-            log.warning("handlers.not_installed", names=sorted(missing))
+            # A route naming it would dead-letter every run it gets.
+            installed = installed_names()
+            raise PluginConfigError(
+                "; ".join(unknown_handler(name, "the routes", installed) for name in missing)
+            )
         return registry
 
     def get(self, name: str) -> Handler | None:

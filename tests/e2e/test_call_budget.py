@@ -105,7 +105,12 @@ def test_transitions_no_route_wants_cost_nothing(db_url: str, tmp_path: Path) ->
     route = RouteRule(
         name="only_terminations", event_types=["session.status_terminated"], handlers=["archive"]
     )
-    with stack(db_url, tmp_path, [route], second_family=True) as s:
+    # Written routes keep the built-in `requires_action -> answer` rule, which reads each idle
+    # session for its stop reason; claiming requires_action (by type: no read) opts out of it.
+    no_answers = RouteRule(
+        name="no_answers", event_types=["session.requires_action"], handlers=["log"]
+    )
+    with stack(db_url, tmp_path, [route, no_answers], second_family=True) as s:
         before = s.calls()
         launch(s, 3)
         wait_for(lambda: s.delivered()["session.idled"] == 3, timeout=30)

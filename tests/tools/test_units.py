@@ -95,7 +95,12 @@ def test_registry_takes_sdk_tools_plain_functions_and_references() -> None:
     assert shouted.content[0]["text"] == "HI"
     assert doubled.content[0]["text"] == '{"x": 8}'
     assert invalid.is_error
-    assert "Invalid arguments" in invalid.content[0]["text"]
+    # Which tool, which argument and why, and the schema to call it by (not the SDK's bare
+    # "Invalid arguments for function add").
+    text = invalid.content[0]["text"]
+    assert "tool 'add': argument 'a': Input should be a valid integer" in text
+    assert "argument 'b': Missing required argument" in text
+    assert '"required":["a","b"]' in text
     with pytest.raises(ValueError, match="two tools"):
         ToolRegistry([add, add])
     assert [t.name for t in load_reference("tests.tools.sample_tools:lookup")] == ["lookup"]
