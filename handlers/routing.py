@@ -20,9 +20,36 @@ from handlers.config import RouteRule
 from handlers.events import DELETED_TYPES, implied_status, is_session_event
 from handlers.reads import DeliveryReads, read_transcript
 from handlers.result import latest_stop_reason
-from handlers.route_rules import RouteDecision, RouteFacts, needs_session, route
+from handlers.route_rules import (
+    RouteDecision,
+    RouteFacts,
+    candidate_rules,
+    needs_session,
+    route,
+)
 from store.runs import DeliveryView
 from store.sessions import SessionUpdate
+
+
+def handlers_for_type(rules: Sequence[RouteRule], event_type: str) -> list[str]:
+    """Every handler a rule for this type may run (which do depends on the session when it is
+    routed): none means a re-route of such a delivery would run nothing."""
+    names: list[str] = []
+    for rule in candidate_rules(rules, event_type):
+        names.extend(h for h in rule.handlers if h not in names)
+    return names
+
+
+def routed_types(rules: Sequence[RouteRule]) -> frozenset[str] | None:
+    """The event types some rule runs a handler for; None: every type (a rule names none)."""
+    types: set[str] = set()
+    for rule in rules:
+        if not rule.handlers:
+            continue
+        if not rule.event_types:
+            return None
+        types.update(rule.event_types)
+    return frozenset(types)
 
 
 @dataclass(frozen=True)

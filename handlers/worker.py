@@ -223,7 +223,7 @@ class Worker:
             self._observe(run, started, "lease_lost", bound)
             return
         try:
-            handlers = work.result()
+            handlers, decision = work.result()
             if run.handler == ROUTE_HANDLER:
                 done = await asyncio.to_thread(
                     self.store.complete_route,
@@ -233,6 +233,7 @@ class Worker:
                     _ms(started),
                     handlers,
                     attempt=run.attempts,
+                    decision=decision,
                 )
             else:
                 done = await asyncio.to_thread(
@@ -247,16 +248,17 @@ class Worker:
         except Exception as exc:
             await self._failed(run, exc, started, bound)
 
-    async def _attempt(self, run: ClaimedRun, bound: Any) -> list[str]:
-        """Route (the handlers to add) or call the plugin (nothing to add); raise to fail."""
+    async def _attempt(self, run: ClaimedRun, bound: Any) -> tuple[list[str], str | None]:
+        """Route (the handlers to add, and the decision kept on the run for `reroute
+        --unmatched`) or call the plugin (nothing to add); raise to fail."""
         if run.attempts > self.settings.worker.max_attempts:
             raise PermanentError("lease expired on the last attempt (worker died?)")
         if run.handler == ROUTE_HANDLER:
             return await self._route(run, bound)
         await self._call_plugin(run, bound)
-        return []
+        return [], None
 
-    async def _route(self, run: ClaimedRun, bound: Any) -> list[str]:
+    async def _route(self, run: ClaimedRun, bound: Any) -> tuple[list[str], str]:
         delivery = await asyncio.to_thread(self.store.delivery, run.delivery_id)
         if delivery.event_type not in DELETED_TYPES and await self._deleted(delivery.session_id):
             # A late notification about a session already deleted: every handler would 404.
@@ -269,7 +271,7 @@ class Worker:
                 event_id=delivery.event_id,
                 session_id=delivery.session_id,
             )
-            return []
+            return [], "session_deleted"
         # A transition no rule wants runs nothing either way: no call to tell twins apart.
         wanted = bool(candidate_rules(self.settings.routes, delivery.event_type))
         if wanted and await late_duplicate(
@@ -285,7 +287,7 @@ class Worker:
                 event_type=delivery.event_type, decision="late_duplicate"
             ).inc()
             bound.info("notification.late_duplicate", event_id=delivery.event_id)
-            return []
+            return [], "late_duplicate"
         outcome = await route_delivery(
             delivery,
             self.settings.routes,
@@ -318,7 +320,7 @@ class Worker:
             stop_reason=outcome.facts.stop_reason if outcome.facts else None,
             session_gone=outcome.session_gone,
         )
-        return list(outcome.decision.handlers)
+        return list(outcome.decision.handlers), outcome.decision.reason
 
     def _unless_superseded(self, delivery: DeliveryView, update: SessionUpdate) -> SessionUpdate:
         """A status implied by a notification (nothing fetched) is news only while no status

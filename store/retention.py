@@ -143,11 +143,13 @@ def _known_deleted(session_id: Any) -> Any:
 
 
 def _run_done(run: Any, cuts: Cuts) -> Any:
-    """A finished run past its age (succeeded: `runs`; dead letter: `dead_runs`)."""
+    """A finished run past its age (succeeded: `runs`; a dead letter, and one discarded or
+    superseded by a re-route: `dead_runs`)."""
     finished = sa.func.coalesce(run.c.finished_at, run.c.updated_at)
+    dead = [RunState.DEAD.value, RunState.DISCARDED.value, RunState.SUPERSEDED.value]
     return sa.or_(
         sa.and_(run.c.state == RunState.SUCCEEDED.value, _before(finished, cuts["runs"])),
-        sa.and_(run.c.state == RunState.DEAD.value, _before(finished, cuts["dead_runs"])),
+        sa.and_(run.c.state.in_(dead), _before(finished, cuts["dead_runs"])),
     )
 
 
