@@ -1,9 +1,10 @@
-"""Pure: is this session an orphan, what should be done to it, and may it be done now.
+"""Pure: is this session an orphan, what should be done to it (or why it is kept), and may it
+be done now.
 
 No SDK, no database, no clock: the reaper passes a SessionView, the policy and `now`.
 """
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -69,18 +70,68 @@ class Verdict:
     reason: Reason
 
 
+class Keep(StrEnum):
+    """Why an examined session is left alone this run: every one gets a row saying so."""
+
+    EXCLUDED = "excluded"  # matches [reaper] exclude_metadata (keep=true)
+    FOREIGN = "foreign_owner"  # another idlehook instance's
+    UNOWNED = "unowned"  # nobody's, and the switch or an age that would let it go is missing
+    UNOWNED_YOUNG = "unowned_young"  # nobody's, younger than max_age
+    RUNNING = "running"  # a run in progress that no deadline or max_running has passed
+    RESTING = "resting"  # resting, but not yet for idle_for
+    STATUS = "status"  # a status the reaper has no rule for
+
+
+@dataclass(frozen=True)
+class Kept:
+    reason: Keep
+    detail: str  # in words a person can check: "resting 3h of 24h idle_for"
+
+
+# Said by the CLI (a warning) and by every unowned session's kept row alike.
+UNOWNED_NEEDS_AGE = (
+    "--include-unowned deletes nothing without --max-age (or [reaper] max_age); "
+    "only runaways past max_running are interrupted"
+)
+
+
+def span(delta: timedelta) -> str:
+    """A duration as a person reads it: 45s, 12m, 3h, 3h05m, 7d."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes}m"
+    hours, rest = divmod(minutes, 60)
+    if rest:
+        return f"{hours}h{rest:02d}m"
+    return f"{hours // 24}d" if hours >= 48 and hours % 24 == 0 else f"{hours}h"
+
+
 def ownership(s: SessionView, policy: ReapPolicy) -> Ownership:
     if s.owner == policy.owner:
         return Ownership.OURS
-    if s.owner is None and s.launched_by_us:
+    # By record: a session this store launched stays ours when `owner` is renamed, as long as
+    # it still carries the label it was launched with (or none). One relabelled since, or one
+    # another instance launched (not in this store), is not ours.
+    if s.launched_by_us and s.owner_label in (None, s.launched_owner):
         return Ownership.OURS
     if s.deployment_id is not None and s.deployment_id in policy.owned_deployments:
         return Ownership.OURS
     return Ownership.UNOWNED if s.owner is None else Ownership.FOREIGN
 
 
+def exclusion(s: SessionView, policy: ReapPolicy) -> str | None:
+    """The `exclude_metadata` pair that keeps this session ("keep=true"), if any."""
+    for key, value in policy.exclude_metadata.items():
+        if s.metadata.get(key) == value:
+            return f"{key}={value}"
+    return None
+
+
 def excluded(s: SessionView, policy: ReapPolicy) -> bool:
-    return any(s.metadata.get(key) == value for key, value in policy.exclude_metadata.items())
+    return exclusion(s, policy) is not None
 
 
 def max_running(s: SessionView, policy: ReapPolicy) -> timedelta | None:
@@ -109,18 +160,19 @@ def idle_for(s: SessionView, policy: ReapPolicy) -> timedelta:
     return s.idle_for if s.idle_for is not None else policy.idle_for
 
 
-def choose(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | None:
-    """The action an orphan calls for, or None when the session is not an orphan.
+def choose(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | Kept:
+    """The action an orphan calls for, or why the session is kept.
 
     Under the documented billing a resting session costs nothing, so a finished one is kept
     for follow-ups until it has rested `idle_for`; a run that will not end is what costs, and
     is interrupted past `max_running`.
     """
-    if excluded(s, policy):
-        return None
+    matched = exclusion(s, policy)
+    if matched is not None:
+        return Kept(Keep.EXCLUDED, f"excluded: {matched}")
     owned = ownership(s, policy)
     if owned is Ownership.FOREIGN:
-        return None
+        return Kept(Keep.FOREIGN, f"foreign owner: {s.owner}")
     if owned is Ownership.UNOWNED:
         return _unowned(s, policy, now)
     if s.status == "terminated":
@@ -130,12 +182,15 @@ def choose(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | None:
         return Verdict(action, Reason.PAST_DEADLINE)
     if run_too_long(s, policy, now):
         return Verdict(Action.INTERRUPT, Reason.MAX_RUNNING)
+    if s.status in BUSY:
+        return Kept(Keep.RUNNING, _running(s, policy, now))
     if s.status != "idle":
-        return None
+        return Kept(Keep.STATUS, f"status {s.status}: nothing to do")
     if s.reap_requested:
         return Verdict(Action.DELETE, Reason.REAP_REQUESTED)
-    if now - s.last_activity < idle_for(s, policy):
-        return None
+    rested, kept_for = now - s.last_activity, idle_for(s, policy)
+    if rested < kept_for:
+        return Kept(Keep.RESTING, f"resting {span(rested)} of {span(kept_for)} idle_for")
     if s.result_saved:
         return Verdict(Action.DELETE, Reason.HANDLED)
     if s.stop_reason == "budget_reached":
@@ -143,18 +198,56 @@ def choose(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | None:
     return Verdict(Action.DELETE, Reason.IDLE_PAST_GRACE)
 
 
-def _unowned(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | None:
+def _running(s: SessionView, policy: ReapPolicy, now: datetime) -> str:
+    limit = max_running(s, policy)
+    if limit is None:
+        said = "running, no max_running set"
+    elif s.run_started_at is not None:
+        said = f"running {span(now - s.run_started_at)} of {span(limit)} max_running"
+    else:  # younger than the limit: its run start was not read
+        said = f"running, under {span(limit)} max_running"
+    if s.deadline is not None:
+        said += f"; deadline in {span(s.deadline - now)}"
+    return said
+
+
+def _unowned(s: SessionView, policy: ReapPolicy, now: datetime) -> Verdict | Kept:
     if not policy.include_unowned:
-        return None
+        return Kept(Keep.UNOWNED, "unowned (set --include-unowned and --max-age)")
     # A runaway costs whoever owns it: with the switch on, stopping it needs no age.
     if run_too_long(s, policy, now):
         return Verdict(Action.INTERRUPT, Reason.MAX_RUNNING)
     # Someone else's session is deleted only when asked twice: the switch, and an age.
     if policy.max_age is None:
-        return None
-    if s.status not in RESTING or now - s.created_at < policy.max_age:
-        return None
+        return Kept(Keep.UNOWNED, f"unowned: {UNOWNED_NEEDS_AGE}")
+    if s.status not in RESTING:
+        return Kept(Keep.RUNNING, f"unowned, {_running(s, policy, now)}")
+    age = now - s.created_at
+    if age < policy.max_age:
+        return Kept(
+            Keep.UNOWNED_YOUNG,
+            f"unowned younger than max_age ({span(age)} of {span(policy.max_age)})",
+        )
     return Verdict(Action.DELETE, Reason.UNOWNED_MAX_AGE)
+
+
+def futile(policy: ReapPolicy, *, given: Collection[str] = ()) -> list[str]:
+    """Settings that cannot do what they ask, in words for a warning; `given` names the
+    command-line flags set (a setting only in the config file may be waiting for a flag)."""
+    said: list[str] = []
+    if policy.include_unowned and policy.max_age is None:
+        said.append(UNOWNED_NEEDS_AGE)
+    if "max_age" in given and not policy.include_unowned:
+        said.append(
+            "--max-age applies only to unowned sessions; without --include-unowned "
+            "(or [reaper] include_unowned) it deletes nothing"
+        )
+    if "idle_for" in given and not policy.archive_before_delete:
+        said.append(
+            "--idle-for deletes only sessions whose result a route saved: with [reaper] "
+            "archive_before_delete = false the rest are kept (result_not_saved)"
+        )
+    return said
 
 
 def blocker(s: SessionView, verdict: Verdict, policy: ReapPolicy) -> Block | None:

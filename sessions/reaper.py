@@ -2,8 +2,10 @@
 
 `plan()` lists and judges; `execute(plan)` re-reads the store's guards, re-fetches each
 candidate and acts only if nothing changed since it was chosen. `run()` is both, and is what
-cron (`idlehook reap`) and the worker's schedule call. Every action, including a dry run's and
-a skip, leaves an audit row in `reaper_actions`.
+cron (`idlehook reap`) and the worker's schedule call. Every action, including a dry run's
+(`would_delete`, never `deleted`) and a skip, leaves an audit row in `reaper_actions`; every
+session examined and left alone is a `kept` row with its reason in the report and the log, not
+in the store (a sweep every few minutes would write one per session each time).
 """
 
 import asyncio
@@ -25,6 +27,7 @@ from sessions.reap_policy import (
     RESTING,
     Action,
     Block,
+    Kept,
     Ownership,
     ReapPolicy,
     Reason,
@@ -38,6 +41,7 @@ from sessions.reap_policy import (
     needs_archive,
     ownership,
     saving_per_hour,
+    span,
 )
 from sessions.session_view import SessionView, as_utc, saved_since, view_of
 from store import approvals, reap_guards, reaper_actions
@@ -47,7 +51,19 @@ from store.sessions import SessionStore
 log = structlog.get_logger(__name__)
 
 ALL_STATUSES = ("idle", "terminated", "running", "rescheduling")
-_SAVING_ACTIONS = (ReaperActionKind.DELETED, ReaperActionKind.INTERRUPTED)
+_SAVING_ACTIONS = (
+    ReaperActionKind.DELETED,
+    ReaperActionKind.INTERRUPTED,
+    ReaperActionKind.WOULD_DELETE,
+    ReaperActionKind.WOULD_INTERRUPT,
+)
+# A dry run names what it would do with words of its own: no row, log line or page of it can
+# be read as a deletion.
+_WOULD = {
+    ReaperActionKind.DELETED: ReaperActionKind.WOULD_DELETE,
+    ReaperActionKind.INTERRUPTED: ReaperActionKind.WOULD_INTERRUPT,
+    ReaperActionKind.ARCHIVED: ReaperActionKind.WOULD_ARCHIVE,
+}
 GONE = "already_gone"
 
 # Saves events.jsonl/result.json of one session, as the archive handler does.
@@ -74,6 +90,7 @@ class StoreFacts:
 class Plan:
     candidates: list[Candidate]
     examined: int
+    kept: list["Outcome"] = field(default_factory=list)  # the rest, each with its reason
 
 
 @dataclass(frozen=True)
@@ -100,6 +117,9 @@ class ReapReport:
     outcomes: list[Outcome] = field(default_factory=list)
     rate_limited: int = 0
     billing_model: str = "running"
+    # Every examined session no action was chosen for, with why (`Keep`): with `outcomes`, a
+    # row for each session examined.
+    kept: list[Outcome] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -113,7 +133,16 @@ class ReapReport:
     def ids(self, action: ReaperActionKind) -> list[str]:
         return [o.session_id for o in self.outcomes if o.action is action]
 
+    @property
+    def kept_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for o in self.kept:
+            counts[o.reason] = counts.get(o.reason, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
     def as_dict(self) -> dict[str, Any]:
+        """The JSON of `idlehook reap --json`: `actions` (a dry run's say `would_delete`,
+        `would_interrupt`, `would_archive`) and `kept`, one row per session left alone."""
         return {
             "run_id": self.run_id,
             "dry_run": self.dry_run,
@@ -134,6 +163,17 @@ class ReapReport:
                 }
                 for o in self.outcomes
             ],
+            "kept": [
+                {
+                    "session_id": o.session_id,
+                    "action": str(o.action),
+                    "reason": o.reason,
+                    "status": o.status,
+                    "detail": o.detail,
+                }
+                for o in self.kept
+            ],
+            "kept_by_reason": self.kept_by_reason,
         }
 
 
@@ -186,11 +226,11 @@ class Reaper:
         facts = await asyncio.to_thread(self._store_facts, ids)
         slots = asyncio.Semaphore(self.concurrency)
 
-        async def consider(session: Any) -> Candidate | None:
+        async def consider(session: Any) -> Candidate | Outcome:
             async with slots:
                 view, verdict, latest = await self._judge(session, facts, now)
-                if verdict is None:
-                    return None
+                if isinstance(verdict, Kept):
+                    return self._kept(view, verdict)
                 if verdict.action is Action.INTERRUPT:
                     # A run in progress adds events all the time: "unchanged" means still busy,
                     # which the retrieve before the interrupt checks; no event read for it.
@@ -199,14 +239,18 @@ class Reaper:
 
         # gather keeps the listing's order, so the plan (and the report) read oldest first.
         considered = await asyncio.gather(*(consider(s) for s in sessions))
-        candidates = [c for c in considered if c is not None]
-        log.info("reaper.planned", examined=len(sessions), candidates=len(candidates))
-        return Plan(candidates, examined=len(sessions))
+        candidates = [c for c in considered if isinstance(c, Candidate)]
+        kept = [c for c in considered if isinstance(c, Outcome)]
+        log.info(
+            "reaper.planned", examined=len(sessions), candidates=len(candidates), kept=len(kept)
+        )
+        return Plan(candidates, examined=len(sessions), kept=kept)
 
     async def _judge(
         self, session: Any, facts: "StoreFacts", now: datetime
-    ) -> tuple[SessionView, Verdict | None, Any]:
-        """The view, the verdict, and the latest event if it was read on the way (else UNREAD)."""
+    ) -> tuple[SessionView, Verdict | Kept, Any]:
+        """The view, the verdict (or why it is kept), and the latest event if it was read on
+        the way (else UNREAD)."""
         row = facts.tracked.get(session.id)
         pending = facts.pending_runs.get(session.id, 0)
         awaiting = facts.pending_approvals.get(session.id, 0)
@@ -269,7 +313,12 @@ class Reaper:
             dry_run=dry_run,
             examined=plan.examined,
             billing_model=self.policy.pricing.model,
+            kept=[replace(o, dry_run=dry_run) for o in plan.kept],
         )
+        for kept in report.kept:
+            # Every row in a dry run, which asked for them; a sweep every few minutes would
+            # log each resting session each time, so a real run's are debug (and counted below).
+            self._log(kept, quiet=not dry_run, run_id=report.run_id)
         total = len(plan.candidates)
         slots = asyncio.Semaphore(self.concurrency)
         done = 0
@@ -297,6 +346,8 @@ class Reaper:
             dry_run=dry_run,
             examined=report.examined,
             acted=len(report.outcomes),
+            kept=len(report.kept),
+            kept_by_reason=report.kept_by_reason,
             ok=report.ok,
             billing_model=report.billing_model,
             saving_usd_per_hour=round(report.saving_usd_per_hour, 4),
@@ -329,16 +380,16 @@ class Reaper:
             return [self._failure(view, verdict.reason, exc)]
 
     def _preview(self, view: SessionView, verdict: Verdict) -> list[Outcome]:
+        saving = saving_per_hour(view, verdict, self.policy)
         if verdict.action is Action.INTERRUPT:
-            saving = saving_per_hour(view, verdict, self.policy)
-            outcome = self._outcome(
-                view, ReaperActionKind.INTERRUPTED, verdict.reason, True, saving=saving
-            )
-            return [outcome]
+            return [
+                self._outcome(
+                    view, ReaperActionKind.INTERRUPTED, verdict.reason, True, saving=saving
+                )
+            ]
         outcomes = []
         if needs_archive(view, verdict, self.policy):
             outcomes.append(self._outcome(view, ReaperActionKind.ARCHIVED, verdict.reason, True))
-        saving = saving_per_hour(view, verdict, self.policy)
         outcomes.append(
             self._outcome(view, ReaperActionKind.DELETED, verdict.reason, True, saving=saving)
         )
@@ -376,7 +427,7 @@ class Reaper:
                 )
             )
             then = choose(idle, self.policy, self.now())
-            if then is None or then.action is not Action.DELETE:
+            if not isinstance(then, Verdict) or then.action is not Action.DELETE:
                 return outcomes
             delete = Verdict(Action.DELETE, verdict.reason)
             block = blocker(idle, delete, self.policy)
@@ -420,7 +471,6 @@ class Reaper:
         except anthropic.APIStatusError as exc:
             if 400 <= exc.status_code < 500:
                 # The API said no (e.g. the session started running again): try next run.
-                log.warning("reaper.refused", session_id=view.id, status_code=exc.status_code)
                 outcomes.append(
                     self._outcome(
                         view,
@@ -462,18 +512,35 @@ class Reaper:
         saving: float = 0.0,
         error: str | None = None,
     ) -> Outcome:
+        """One action (done, or with `dry_run` what would be), logged as `reaper.<action>`."""
+        if dry_run:
+            action = _WOULD.get(action, action)
         detail = explain(view, reason, self.policy, self.now())
-        log.info(
-            "reaper.action",
-            session_id=view.id,
-            action=str(action),
-            reason=str(reason),
-            detail=detail,
-            dry_run=dry_run,
-            billing_model=self.policy.pricing.model,
-            saving_usd_per_hour=saving,
+        outcome = Outcome(view.id, action, str(reason), dry_run, view.status, saving, error, detail)
+        self._log(outcome)
+        return outcome
+
+    def _kept(self, view: SessionView, kept: Kept) -> Outcome:
+        return Outcome(
+            view.id, ReaperActionKind.KEPT, str(kept.reason), False, view.status, detail=kept.detail
         )
-        return Outcome(view.id, action, str(reason), dry_run, view.status, saving, error, detail)
+
+    def _log(self, o: Outcome, *, quiet: bool = False, **extra: Any) -> None:
+        """`reaper.deleted`, `reaper.would_delete`, `reaper.kept`, ...: the event says what
+        happened. `quiet` logs at debug level."""
+        level = log.warning if o.failed else log.debug if quiet else log.info
+        level(
+            f"reaper.{o.action}",
+            session_id=o.session_id,
+            reason=o.reason,
+            detail=o.detail,
+            status=o.status,
+            dry_run=o.dry_run,
+            billing_model=self.policy.pricing.model,
+            saving_usd_per_hour=o.saving_usd_per_hour,
+            error=o.error,
+            **extra,
+        )
 
     def _failure(self, view: SessionView, reason: str, exc: Exception) -> Outcome:
         log.error("reaper.failed", session_id=view.id, reason=reason, error=type(exc).__name__)
@@ -511,23 +578,29 @@ class Reaper:
                 metrics.REAPER_ACTIONS.labels(action=str(o.action), reason=o.reason).inc()
 
 
-def _span(delta: timedelta) -> str:
-    minutes = max(0, int(delta.total_seconds() // 60))
-    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
-
-
 def explain(view: SessionView, reason: str, policy: ReapPolicy, now: datetime) -> str | None:
     """The facts behind a reason, so a dry run can be checked before it is acted on."""
     if reason == Reason.MAX_RUNNING and view.run_started_at is not None:
         limit = max_running(view, policy)
-        bound = f" > {_span(limit)}" if limit is not None else ""
-        return f"running {_span(now - view.run_started_at)}{bound}"
+        bound = f" > {span(limit)}" if limit is not None else ""
+        return f"running {span(now - view.run_started_at)}{bound}"
     if reason == Reason.PAST_DEADLINE and view.deadline is not None:
-        return f"deadline passed {_span(now - view.deadline)} ago"
+        return f"deadline passed {span(now - view.deadline)} ago"
     if reason in (Reason.HANDLED, Reason.IDLE_PAST_GRACE, Reason.BUDGET_REACHED):
         kept = idle_for(view, policy)
-        return f"idle {_span(now - view.last_activity)} >= {_span(kept)}"
-    return None
+        return f"idle {span(now - view.last_activity)} >= {span(kept)}"
+    held = _HELD.get(reason)
+    return held(view) if held is not None else None
+
+
+# Why a chosen session was held back, in words (a skipped row's detail).
+_HELD: dict[str, Callable[[SessionView], str | None]] = {
+    Block.PENDING_HANDLERS: lambda v: f"{v.pending_runs} handler runs not finished",
+    Block.AWAITING_APPROVAL: lambda v: f"{v.pending_approvals} tool calls awaiting a person",
+    Block.RESULT_NOT_SAVED: lambda v: "no route saved its result, and nothing here archives it",
+    Block.CHANGED: lambda v: "changed since it was chosen: judged again next run",
+    Block.STILL_RUNNING: lambda v: "running again",
+}
 
 
 def _api_message(exc: anthropic.APIStatusError) -> str:

@@ -25,7 +25,8 @@ class SessionView:
     # Of the latest session.status_idle event (or as the store last recorded it).
     stop_reason: str | None = None
     deadline: datetime | None = None
-    # From the store: did we launch it, is its result saved, is handler work still queued.
+    # From the store: did we launch it (and as which owner), is its result saved, is handler
+    # work still queued.
     launched_by_us: bool = False
     launched_owner: str | None = None
     result_saved: bool = False  # saved since `rested_at`: a previous turn's save does not count
@@ -42,7 +43,12 @@ class SessionView:
 
     @property
     def owner(self) -> str | None:
-        return self.metadata.get(OWNER_KEY) or self.launched_owner
+        return self.owner_label or self.launched_owner
+
+    @property
+    def owner_label(self) -> str | None:
+        """The owner the session itself carries (its metadata), whoever launched it."""
+        return self.metadata.get(OWNER_KEY) or None
 
     @property
     def last_activity(self) -> datetime:

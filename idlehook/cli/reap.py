@@ -1,32 +1,30 @@
 """`idlehook reap` and `idlehook reconcile`: one pass each, for cron. No logic here.
 
-    idlehook reap --dry-run              what would go, why, and what it would save per hour
+    idlehook reap --dry-run              what would go, why, what it would save per hour, and
+                                         every session kept with its reason
     idlehook reap --idle-for 0s          delete idle sessions of ours at once
     idlehook reap --include-unowned --max-age 7d
     idlehook reconcile                   deliver status changes no webhook reported
 
 Exit code 1 when anything failed or was refused (reap), or a sweep failed or the webhook
-silence alarm is on (reconcile).
+silence alarm is on (reconcile); 2 for a bad flag.
 """
 
 import argparse
 import asyncio
 import json
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy.engine import Engine
+if TYPE_CHECKING:
+    from rich.console import Console
+    from sqlalchemy.engine import Engine
 
-from handlers.durations import DurationError
-from idlehook import wiring
-from idlehook.cli import progress
-from idlehook.settings import Settings
-from sessions.reap_policy import ReapPolicy
-from sessions.reaper import Outcome, ReapReport
-from sessions.reconciler import ReconcileReport
-from store.models import ReaperActionKind
+    from idlehook.settings import Settings
+    from sessions.reap_policy import ReapPolicy
+    from sessions.reaper import Outcome, ReapReport
+    from sessions.reconciler import ReconcileReport
 
 
 def register(subparsers: Any) -> None:
@@ -38,6 +36,11 @@ def register(subparsers: Any) -> None:
     reap.add_argument("--max-age", metavar="DURATION", help="age past which unowned ones go")
     reap.add_argument(
         "--include-unowned", action="store_true", help="also sessions idlehook did not launch"
+    )
+    reap.add_argument(
+        "--all",
+        action="store_true",
+        help="list every session kept, with its reason (a dry run always does)",
     )
     reap.add_argument("--json", action="store_true", help="print the report as JSON")
     reap.set_defaults(func=run_reap)
@@ -53,7 +56,11 @@ def register(subparsers: Any) -> None:
 
 
 def run_reap(args: argparse.Namespace) -> int:
-    console = Console()
+    from handlers.durations import DurationError
+    from idlehook import wiring
+    from idlehook.cli import progress, tables
+    from sessions.reap_policy import futile
+
     settings = wiring.settings_from_args(args)
     try:
         policy = wiring.reap_policy(
@@ -63,11 +70,15 @@ def run_reap(args: argparse.Namespace) -> int:
             include_unowned=args.include_unowned,
         )
     except DurationError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    given = [name for name in ("idle_for", "max_age") if getattr(args, name)]
+    for warning in futile(policy, given=given):
+        print(f"warning: {warning}", file=sys.stderr)
+    out = tables.console()
     engine = wiring.open_engine(settings)
     try:
-        with progress.bar(console, "reaping", enabled=not args.json) as report_progress:
+        with progress.bar(out, "reaping", enabled=not args.json) as report_progress:
             report = asyncio.run(
                 _reap(settings, engine, policy, args.dry_run, progress=report_progress)
             )
@@ -76,22 +87,24 @@ def run_reap(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        render_reap(console, report)
+        render_reap(out, report, list_kept=args.dry_run or args.all)
     return exit_code(report)
 
 
-def exit_code(report: ReapReport) -> int:
+def exit_code(report: "ReapReport") -> int:
     """Non-zero when any session failed or was refused: cron mails, the next run retries."""
     return 0 if report.ok else 1
 
 
 async def _reap(
-    settings: Settings,
-    engine: Engine,
-    policy: ReapPolicy,
+    settings: "Settings",
+    engine: "Engine",
+    policy: "ReapPolicy",
     dry_run: bool,
     progress: Callable[[int, int], None] | None = None,
-) -> ReapReport:
+) -> "ReapReport":
+    from idlehook import wiring
+
     async with wiring.api_client(settings, engine) as client:
         archive = (
             wiring.archiver(settings, engine, client) if policy.archive_before_delete else None
@@ -100,62 +113,74 @@ async def _reap(
         return await reaper.run(dry_run=dry_run, progress=progress)
 
 
-_VERB = {
-    ReaperActionKind.DELETED: ("deleted", "would delete"),
-    ReaperActionKind.INTERRUPTED: ("interrupted", "would interrupt"),
-    ReaperActionKind.ARCHIVED: ("archived", "would archive"),
+# The report's words (`would_delete`) as a person reads them.
+_SAID = {
+    "would_delete": "would delete",
+    "would_interrupt": "would interrupt",
+    "would_archive": "would archive",
 }
 
 
-# Narrower than this (an 80-column terminal, a pipe), a table would cut ids or fold every
-# reason into slivers: one line per action instead, whole and grep-able.
-TABLE_MIN_WIDTH = 120
+def render_reap(out: "Console", report: "ReapReport", *, list_kept: bool) -> None:
+    """The actions, then the sessions kept (dimmed): each with its reason when `list_kept`,
+    else one line counting them by reason."""
+    from idlehook.cli import tables
 
-
-def render_reap(console: Console, report: ReapReport) -> None:
     title = "reap (dry run)" if report.dry_run else "reap"
-    rows = [_cells(o) for o in report.outcomes]
-    if console.width < TABLE_MIN_WIDTH:
-        console.print(f"{title}: {report.examined} sessions examined", highlight=False)
-        for o, (session, status, action, why, saved, error) in zip(
-            report.outcomes, rows, strict=True
-        ):
-            extra = "".join(f"  {part}" for part in (saved and f"${saved}/h", error) if part)
-            console.print(
-                f"{action:<16} {session}  {status:<12} {why}{extra}",
-                style=_style(o),
-                highlight=False,
-                soft_wrap=True,
-            )
+    shown = [*report.outcomes, *(report.kept if list_kept else [])]
+    heading = f"{title}: {report.examined} sessions examined"
+    if shown:
+        t = tables.table("session", "status", "action", "why", "$/h saved", "error", title=heading)
+        for o in shown:
+            t.add_row(*_cells(o), style=_style(o))
+        tables.print_table(t, out)
     else:
-        table = Table(title=f"{title}: {report.examined} sessions examined")
-        for column in ("session", "status", "action", "why", "$/h saved", "error"):
-            table.add_column(column, justify="right" if column == "$/h saved" else "left")
-        for o, cells in zip(report.outcomes, rows, strict=True):
-            table.add_row(*cells, style=_style(o))
-        console.print(table)
-    console.print(saving_line(report))
+        out.print(heading)
+    # Whole lines: a printed table leaves a piped console only as wide as itself.
+    if report.kept and not list_kept:
+        out.print(kept_line(report), style="dim", soft_wrap=True)
+    out.print(saving_line(report), soft_wrap=True)
     if not report.ok:
-        console.print("[red]some sessions could not be reaped; they are retried next run[/red]")
+        out.print(
+            "some sessions could not be reaped; they are retried next run",
+            style="red",
+            soft_wrap=True,
+        )
 
 
-def _cells(o: Outcome) -> tuple[str, str, str, str, str, str]:
-    done, would = _VERB.get(o.action, (str(o.action), str(o.action)))
+def _cells(o: "Outcome") -> tuple[str, str, str, str, str, str]:
+    from store.models import ReaperActionKind
+
+    if o.action is ReaperActionKind.KEPT:
+        why = o.detail or o.reason
+    else:
+        why = f"{o.reason}: {o.detail}" if o.detail else o.reason
     return (
         o.session_id,
         o.status,
-        would if o.dry_run else done,
-        f"{o.reason}: {o.detail}" if o.detail else o.reason,
+        _SAID.get(str(o.action), str(o.action)),
+        why,
         f"{o.saving_usd_per_hour:.4f}" if o.saving_usd_per_hour else "",
         o.error or "",
     )
 
 
-def _style(o: Outcome) -> str:
-    return "red" if o.failed else ("yellow" if o.action is ReaperActionKind.SKIPPED else "")
+def _style(o: "Outcome") -> str:
+    from store.models import ReaperActionKind
+
+    if o.failed:
+        return "red"
+    if o.action is ReaperActionKind.SKIPPED:
+        return "yellow"
+    return "dim" if o.action is ReaperActionKind.KEPT else ""
 
 
-def saving_line(report: ReapReport) -> str:
+def kept_line(report: "ReapReport") -> str:
+    counts = ", ".join(f"{n} {reason}" for reason, n in report.kept_by_reason.items())
+    return f"kept {len(report.kept)}: {counts} (--all lists them)"
+
+
+def saving_line(report: "ReapReport") -> str:
     """The run's saving, always with the billing model it is priced under."""
     verb = "would save" if report.dry_run else "saves"
     line = f"{verb} about ${report.saving_usd_per_hour:.4f}/hour of runtime"
@@ -168,6 +193,10 @@ def saving_line(report: ReapReport) -> str:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from idlehook import wiring
+
     settings = wiring.settings_from_args(args)
     engine = wiring.open_engine(settings)
     try:
@@ -182,7 +211,9 @@ def run_reconcile(args: argparse.Namespace) -> int:
     return 1 if report.failed or report.alarm or disabled else 0
 
 
-async def _reconcile(settings: Settings, engine: Engine) -> ReconcileReport:
+async def _reconcile(settings: "Settings", engine: "Engine") -> "ReconcileReport":
+    from idlehook import wiring
+
     async with wiring.api_client(settings, engine) as client:
         reconciler = wiring.reconciler(settings, engine, client)
         try:
@@ -191,7 +222,7 @@ async def _reconcile(settings: Settings, engine: Engine) -> ReconcileReport:
             await reconciler.aclose()
 
 
-def render_reconcile(console: Console, report: ReconcileReport) -> None:
+def render_reconcile(console: "Console", report: "ReconcileReport") -> None:
     console.print(
         f"examined {report.examined} sessions, {report.changed} checked, "
         f"{len(report.synthesised)} missed transitions delivered; "

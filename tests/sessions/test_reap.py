@@ -96,6 +96,15 @@ async def test_reaps_every_kind_of_orphan_and_nothing_else(api, engine):
     assert {o.session_id: o.reason for o in report.outcomes} == expected
     assert set(report.ids(ReaperActionKind.DELETED)) == set(expected)
     assert live_ids(api) == {fresh.id, kept.id, unowned.id, foreign.id, theirs_by_deployment.id}
+    # Every other session examined is a kept row with its reason.
+    assert {o.session_id: (o.action, o.reason) for o in report.kept} == {
+        fresh.id: (ReaperActionKind.KEPT, "resting"),
+        kept.id: (ReaperActionKind.KEPT, "excluded"),
+        unowned.id: (ReaperActionKind.KEPT, "unowned"),
+        foreign.id: (ReaperActionKind.KEPT, "foreign_owner"),
+        theirs_by_deployment.id: (ReaperActionKind.KEPT, "unowned"),
+    }
+    assert report.examined == len(expected) + len(report.kept)
     for session_id in expected:
         assert deleted_at(engine, session_id) is not None
     assert deleted_at(engine, fresh.id) is None
@@ -202,7 +211,7 @@ async def test_dry_run_deletes_nothing_and_audits_what_it_would_do(api, engine):
     assert {s.id for s in sessions} <= live_ids(api)
     rows = reaper_actions.read(engine, run_id=report.run_id)
     assert sorted((r.session_id, r.action, r.reason, r.dry_run) for r in rows) == sorted(
-        (s.id, "deleted", "handled", True) for s in sessions
+        (s.id, "would_delete", "handled", True) for s in sessions
     )
     # Priced under the tutorial's model, as asked, and said so.
     assert report.billing_model == "exists"
@@ -600,7 +609,7 @@ async def test_dry_run_names_the_runaway_it_would_interrupt_and_leaves_it_runnin
     [outcome] = report.outcomes
     assert (outcome.session_id, outcome.action, outcome.reason) == (
         session.id,
-        ReaperActionKind.INTERRUPTED,
+        ReaperActionKind.WOULD_INTERRUPT,
         "max_running",
     )
     assert outcome.dry_run

@@ -80,7 +80,7 @@ def test_reap_dry_run_then_real_run(tmp_path, sqlite_url, capsys):
         dry = json.loads(capsys.readouterr().out)
         assert dry["dry_run"] is True
         assert {(a["session_id"], a["action"], a["reason"]) for a in dry["actions"]} == {
-            (handled.id, "deleted", "handled"),
+            (handled.id, "would_delete", "handled"),
             (unsaved.id, "skipped", "result_not_saved"),
         }
         # Idle sessions accrue no runtime as the API bills: deleting them is clean-up.
@@ -98,7 +98,7 @@ def test_reap_dry_run_then_real_run(tmp_path, sqlite_url, capsys):
         assert unsaved.id in live_ids(api)
 
         assert main(["--config", str(config), "reap", "--idle-for", "5"]) == 2  # no unit
-        assert "bad duration" in capsys.readouterr().out
+        assert "error: bad duration" in capsys.readouterr().err
 
         assert main(["--config", str(config), "reconcile", "--json"]) == 0
         swept = json.loads(capsys.readouterr().out)
