@@ -7,6 +7,7 @@ so a worker that lost its lease (it stalled, another took over) cannot overwrite
 outcome.
 """
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -298,16 +299,17 @@ class LaunchStore:
 
     # --- tracked sessions, read (launcher, watchdog, `idlehook sessions`) -----------------------
 
-    def tracked(self, limit: int = 100, include_deleted: bool = False) -> list[TrackedSession]:
-        query = (
-            select(TrackedSession)
-            .order_by(col(TrackedSession.created_at).desc(), col(TrackedSession.id))
-            .limit(limit)
-        )
-        if not include_deleted:
-            query = query.where(col(TrackedSession.deleted_at).is_(None))
-        with self._session() as db:
-            return list(db.exec(query))
+    def tracked(
+        self,
+        limit: int = 100,
+        include_deleted: bool = False,
+        where: tracked_sessions.SessionFilter | None = None,
+    ) -> list[TrackedSession]:
+        """Tracked sessions, newest first; the filtering is store/sessions.py's."""
+        f = where or tracked_sessions.SessionFilter()
+        if include_deleted and not f.include_deleted:
+            f = dataclasses.replace(f, include_deleted=True)
+        return tracked_sessions.list_tracked(self.engine, f, limit=limit)
 
     def tracked_session(self, session_id: str) -> TrackedSession | None:
         with self._session() as db:

@@ -14,8 +14,8 @@ Rules kept here once: `status_at` moves when, and only when, the status changes;
 insert is rolled back to a savepoint and applied as an update).
 """
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -315,6 +315,64 @@ def outcome_unsaved(row: TrackedSession) -> bool:
     return saved is None or (row.status_at is not None and saved < row.status_at)
 
 
+@dataclass(frozen=True)
+class SessionFilter:
+    """Which tracked sessions to list. Each list matches any of its values; every field given
+    must match, and so must every `metadata` pair."""
+
+    status: Sequence[str] = ()
+    stop_reason: Sequence[str] = ()
+    agent: Sequence[str] = ()  # `agent_01`, or `agent_01:3` for one version
+    owner: Sequence[str] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    include_deleted: bool = False
+
+
+def _filtered(query: Any, f: SessionFilter) -> Any:
+    c = _sessions.c
+    if not f.include_deleted:
+        query = query.where(c.deleted_at.is_(None))
+    if f.status:
+        query = query.where(c.status.in_(list(f.status)))
+    if f.stop_reason:
+        query = query.where(c.stop_reason.in_(list(f.stop_reason)))
+    if f.owner:
+        query = query.where(c.owner.in_(list(f.owner)))
+    if f.agent:
+        agents = []
+        for item in f.agent:
+            agent_id, _, version = item.partition(":")
+            match = c.agent_id == agent_id
+            if version:
+                match = sa.and_(match, c.agent_version == int(version))
+            agents.append(match)
+        query = query.where(sa.or_(*agents))
+    for key, value in f.metadata.items():
+        # JSON path on both engines (SQLite json_extract, PostgreSQL ->>), compared as text.
+        query = query.where(c["metadata"][key].as_string() == value)
+    return query
+
+
+def list_tracked(
+    engine: Engine, f: SessionFilter | None = None, *, limit: int = 100
+) -> list[TrackedSession]:
+    """Tracked sessions matching `f`, newest first (by creation, else first sighting)."""
+    c = _sessions.c
+    query = _filtered(sa.select(_sessions), f or SessionFilter()).order_by(
+        sa.func.coalesce(c.created_at, c.first_seen_at).desc(), c.id
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query.limit(limit)).all()
+    return [tracked_from_row(row) for row in rows]
+
+
+def tracked_from_row(row: sa.Row[Any]) -> TrackedSession:
+    """A `tracked_sessions` row read with `select(table)`, as the model."""
+    data = dict(row._mapping)
+    data["session_metadata"] = data.pop("metadata")
+    return TrackedSession.model_validate(data)
+
+
 class SessionStore:
     """The operations above, each in a transaction of its own, for callers outside `store/`."""
 
@@ -378,8 +436,4 @@ class SessionStore:
     def get(self, session_id: str) -> TrackedSession | None:
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(_sessions).where(_sessions.c.id == session_id)).first()
-        if row is None:
-            return None
-        data = dict(row._mapping)
-        data["session_metadata"] = data.pop("metadata")
-        return TrackedSession.model_validate(data)
+        return None if row is None else tracked_from_row(row)

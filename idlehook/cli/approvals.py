@@ -1,30 +1,30 @@
 """`idlehook approvals`, `idlehook approve`, `idlehook deny`: a person decides a held tool use.
 
     idlehook approvals [--session ID] [--json]       tool uses waiting for a person
-    idlehook approve SESSION TOOL_USE_ID             send `user.tool_confirmation` allow
-    idlehook deny SESSION TOOL_USE_ID --message M    ... deny, with what the agent is told
+    idlehook approve ID                              by the number `approvals` lists (and
+                                                     POST /approvals/{id} takes)
+    idlehook approve SESSION TOOL_USE_ID             the same, by the tool use
+    idlehook deny ID|SESSION TOOL_USE_ID --message M ... deny, with what the agent is told
 
-Exit codes: 0 decided and sent; 1 unknown, already decided, or refused; 3 decided but the send
-failed (the worker's sweep sends it).
+Exit codes: 0 decided and sent; 1 unknown, already decided, or refused; 2 bad arguments; 3 decided
+but the send failed (the worker's sweep sends it).
 """
 
 import argparse
 import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from idlehook.cli import tables
 
-from handlers.tools.confirm import Settled, settle
-from idlehook import wiring
-from idlehook.settings import Settings
-from store import approvals
-from store.approvals import Decision
-from store.models import utcnow
+if TYPE_CHECKING:
+    from handlers.tools.confirm import Settled
+    from idlehook.settings import Settings
+    from store.approvals import PendingApproval
 
 EXIT_NOT_SENT = 3
+EXIT_USAGE = 2
 
 
 def register(subparsers: Any) -> None:
@@ -34,17 +34,29 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(func=run_approvals)
 
     for name, helptext in (("approve", "allow a held tool use"), ("deny", "deny a held tool use")):
-        command = subparsers.add_parser(name, help=helptext)
-        command.add_argument("session", metavar="SESSION")
-        command.add_argument("tool_use_id", metavar="TOOL_USE_ID")
+        command = subparsers.add_parser(
+            name,
+            help=helptext,
+            description=f"{helptext.capitalize()}: by the id `idlehook approvals` lists, or by "
+            "its session and tool use id.",
+        )
+        command.add_argument(
+            "target", metavar="ID|SESSION", help="the approval's id, or its session"
+        )
+        command.add_argument(
+            "tool_use_id", metavar="TOOL_USE_ID", nargs="?", default=None, help="with SESSION"
+        )
         if name == "deny":
             command.add_argument("--message", "-m", default=None, help="what the agent is told")
         command.set_defaults(func=run_decide, decision=name)
 
 
 def run_approvals(args: argparse.Namespace) -> int:
-    settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings, pool_size=2)
+    from idlehook import loading
+    from store import approvals
+
+    settings = loading.settings_from_args(args)
+    engine = loading.open_engine(settings, pool_size=2)
     try:
         rows = approvals.list_pending(engine, args.session)
     finally:
@@ -52,23 +64,24 @@ def run_approvals(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_pending(p) for p in rows], indent=2, default=str))
         return 0
-    table = Table(title=f"{len(rows)} pending approvals")
-    for column in ("id", "session", "tool_use_id", "tool", "input", "expires"):
-        table.add_column(column)
+    table = tables.table(
+        "id", "session", "tool_use_id", "tool", "input", "expires",
+        title=f"{len(rows)} pending approvals",
+    )  # fmt: skip
     for p in rows:
         table.add_row(
             str(p.id),
             p.session_id,
             p.tool_use_id,
             p.tool_name,
-            json.dumps(p.input)[:60],
+            json.dumps(p.input),  # folded on a terminal, never cut
             p.expires_at.isoformat(timespec="seconds") if p.expires_at else "",
         )
-    Console().print(table)
+    tables.print_table(table)
     return 0
 
 
-def _pending(p: approvals.PendingApproval) -> dict[str, Any]:
+def _pending(p: "PendingApproval") -> dict[str, Any]:
     return {
         "id": p.id,
         "session_id": p.session_id,
@@ -80,7 +93,12 @@ def _pending(p: approvals.PendingApproval) -> dict[str, Any]:
     }
 
 
-async def _settle(settings: Settings, args: argparse.Namespace, approval_id: int) -> Settled:
+async def _settle(settings: "Settings", args: argparse.Namespace, approval_id: int) -> "Settled":
+    from handlers.tools.confirm import settle
+    from idlehook import wiring
+    from store.approvals import Decision
+    from store.models import utcnow
+
     engine = wiring.open_engine(settings, pool_size=2)
     try:
         async with wiring.api_client(settings, engine) as client:
@@ -98,14 +116,33 @@ async def _settle(settings: Settings, args: argparse.Namespace, approval_id: int
 
 
 def run_decide(args: argparse.Namespace) -> int:
-    settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings, pool_size=2)
+    from idlehook import loading
+    from store import approvals
+
+    by_number = args.tool_use_id is None
+    if by_number and not args.target.isdigit():
+        print(
+            f"error: {args.target!r} is no approval id: give the number `idlehook approvals` "
+            "lists, or SESSION TOOL_USE_ID",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    settings = loading.settings_from_args(args)
+    engine = loading.open_engine(settings, pool_size=2)
     try:
-        found = approvals.find(engine, args.tool_use_id, session_id=args.session)
+        if by_number:
+            found = approvals.get(engine, int(args.target))
+        else:
+            found = approvals.find(engine, args.tool_use_id, session_id=args.target)
     finally:
         engine.dispose()
     if found is None:
-        print(f"error: no approval for {args.tool_use_id} in {args.session}", file=sys.stderr)
+        wanted = (
+            f"approval {args.target}"
+            if by_number
+            else f"approval for {args.tool_use_id} in {args.target}"
+        )
+        print(f"error: no {wanted}", file=sys.stderr)
         return 1
     settled = asyncio.run(_settle(settings, args, found.id))
     approval = settled.approval

@@ -4,7 +4,10 @@
     idlehook start ... --queue                 enqueue and return at once (a worker creates it)
     idlehook start ... --budget 12.50          a spend ceiling the API enforces (`idlehook budget`)
     idlehook start --batch jobs.jsonl          enqueue one launch per JSON line
-    idlehook sessions [--json]                 tracked sessions: status, age, route, cost
+    idlehook sessions [--json]                 tracked sessions: status (stop reason), age,
+                                               route, metadata, cost
+    idlehook sessions --status idle --stop-reason end_turn --agent agent_01[:3]
+                      --metadata team=core --owner ops --all     filtered (every filter must match)
     idlehook launches [--state failed]         the launch queue
 
 `--file` takes a `file_...` id, or a local path, which is uploaded first (the emulator has no
@@ -16,33 +19,25 @@ import argparse
 import asyncio
 import json
 import sys
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy.engine import Engine
+from idlehook.cli import tables
 
-from handlers.durations import format_duration
-from idlehook import wiring
-from idlehook.cli import progress
-from idlehook.settings import Settings
-from sessions.launch_queue import LaunchDrainer
-from sessions.launcher import (
-    InvalidLaunch,
-    Launcher,
-    LaunchError,
-    LaunchRequest,
-    LaunchResult,
-    describe_tracked,
-)
-from sessions.metadata import MetadataError, parse_pairs
-from store import approvals
-from store.launches import LaunchStore
-from store.models import Launch, LaunchState, utcnow
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from idlehook.cli import progress
+    from idlehook.settings import Settings
+    from sessions.launcher import Launcher, LaunchRequest, LaunchResult
+    from store.models import Launch
+    from store.sessions import SessionFilter
 
 EXIT_PENDING = 3
+# The API's session statuses, and store.models.LaunchState's values: spelled out so that
+# `idlehook --help` imports neither the SDK nor the store.
+STATUSES = ("rescheduling", "running", "idle", "terminated")
+LAUNCH_STATES = ("queued", "creating", "created", "failed")
 
 
 def register(subparsers: Any) -> None:
@@ -100,16 +95,34 @@ def register(subparsers: Any) -> None:
     start.add_argument("--json", action="store_true", help="print the result as JSON")
     start.set_defaults(func=run_start)
 
-    listing = subparsers.add_parser("sessions", help="list tracked sessions")
+    listing = subparsers.add_parser(
+        "sessions",
+        help="list tracked sessions (filter by status, stop reason, agent, metadata, owner)",
+        description="Tracked sessions, newest first. Repeat a filter to accept any of its "
+        "values; different filters must all match, and so must every --metadata pair.",
+    )
     listing.add_argument("--limit", type=int, default=100)
     listing.add_argument("--all", action="store_true", help="include deleted sessions")
+    listing.add_argument(
+        "--status", action="append", default=[], choices=STATUSES, help="repeatable"
+    )
+    listing.add_argument(
+        "--stop-reason",
+        action="append",
+        default=[],
+        metavar="REASON",
+        help="an idle session's: end_turn, requires_action, retries_exhausted, ... (repeatable)",
+    )
+    listing.add_argument("--agent", action="append", default=[], metavar="ID[:VERSION]")
+    listing.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="all must match"
+    )
+    listing.add_argument("--owner", action="append", default=[], metavar="OWNER")
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=run_sessions)
 
     launches = subparsers.add_parser("launches", help="list the launch queue")
-    launches.add_argument(
-        "--state", action="append", choices=[s.value for s in LaunchState], default=[]
-    )
+    launches.add_argument("--state", action="append", choices=LAUNCH_STATES, default=[])
     launches.add_argument("--limit", type=int, default=50)
     launches.add_argument("--json", action="store_true")
     launches.set_defaults(func=run_launches)
@@ -123,7 +136,10 @@ def _fail(message: str) -> int:
 # -- start -----------------------------------------------------------------------------------
 
 
-def _request_from_flags(args: argparse.Namespace, files: list[str]) -> LaunchRequest:
+def _request_from_flags(args: argparse.Namespace, files: list[str]) -> "LaunchRequest":
+    from sessions.launcher import InvalidLaunch, LaunchRequest
+    from sessions.metadata import MetadataError, parse_pairs
+
     missing = [flag for flag in ("agent", "environment", "message") if not getattr(args, flag)]
     if missing:
         raise InvalidLaunch("missing " + ", ".join(f"--{m}" for m in missing))
@@ -151,47 +167,23 @@ def _request_from_flags(args: argparse.Namespace, files: list[str]) -> LaunchReq
     return LaunchRequest.parse(fields)
 
 
-def _read_batch(path: Path, strict: bool, budget: float | None = None) -> list[LaunchRequest]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise InvalidLaunch(f"cannot read {path}: {exc.strerror}") from None
-    requests = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            raise InvalidLaunch(f"{path}:{number}: not valid JSON") from None
-        if strict and isinstance(data, dict):
-            data.setdefault("strict", True)
-        # --budget is the default for lines that name none of their own.
-        named = isinstance(data, dict) and bool({"budget", "budget_usd"} & set(data))
-        if budget is not None and isinstance(data, dict) and not named:
-            data["budget_usd"] = budget
-        try:
-            requests.append(LaunchRequest.parse(data))
-        except InvalidLaunch as exc:
-            raise InvalidLaunch(f"{path}:{number}: {exc}") from None
-    if not requests:
-        raise InvalidLaunch(f"{path}: no launches in it")
-    return requests
-
-
 async def _start(
-    args: argparse.Namespace, settings: Settings, engine: Engine, report: progress.Report
-) -> list[LaunchResult]:
+    args: argparse.Namespace, settings: "Settings", engine: "Engine", report: "progress.Report"
+) -> list["LaunchResult"]:
+    from idlehook import wiring
+
     # Launch retries go through the durable queue, never the SDK: it sends no idempotency key.
     async with wiring.api_client(settings, engine, max_retries=0) as client:
         return await _launch(args, wiring.launcher(settings, engine, client), report)
 
 
 async def _launch(
-    args: argparse.Namespace, launcher: Launcher, report: progress.Report
-) -> list[LaunchResult]:
+    args: argparse.Namespace, launcher: "Launcher", report: "progress.Report"
+) -> list["LaunchResult"]:
     if args.batch:
-        batch = _read_batch(Path(args.batch), args.strict, args.budget)
+        from sessions.batch import read_batch
+
+        batch = read_batch(Path(args.batch), args.strict, args.budget)
         queued = await launcher.enqueue_many(batch)
         return await _drain(launcher, queued, report) if args.drain else queued
     files = []
@@ -203,17 +195,20 @@ async def _launch(
     return [await launcher.start(request, wait_seconds=args.wait)]
 
 
-_DONE = (LaunchState.CREATED, LaunchState.FAILED)
+_DONE = ("created", "failed")
 
 
 async def _drain(
-    launcher: Launcher, queued: list[LaunchResult], report: progress.Report
-) -> list[LaunchResult]:
+    launcher: "Launcher", queued: list["LaunchResult"], report: "progress.Report"
+) -> list["LaunchResult"]:
     """Create the queue's launches from this process; report ours as they finish."""
+    from sessions.launch_queue import LaunchDrainer
+    from sessions.launcher import LaunchResult
+
     drainer = LaunchDrainer(launcher, poll_seconds=0.2)
     ids = [r.launch_id for r in queued]
 
-    def rows() -> list[Launch | None]:
+    def rows() -> list["Launch | None"]:
         return [launcher.store.get(launch_id) for launch_id in ids]
 
     async def watch() -> None:
@@ -238,11 +233,16 @@ async def _drain(
 
 
 def run_start(args: argparse.Namespace) -> int:
+    from idlehook import wiring
+    from idlehook.cli import progress
+    from sessions.launcher import LaunchError
+    from store.models import LaunchState
+
     if args.drain and not args.batch:
         return _fail("--drain goes with --batch")
     settings = wiring.settings_from_args(args)
     engine = wiring.open_engine(settings, pool_size=4)
-    console = Console(stderr=True)
+    console = tables.console(stderr=True)
     try:
         with progress.bar(console, "launching", enabled=not args.json) as report:
             results = asyncio.run(_start(args, settings, engine, report))
@@ -272,69 +272,126 @@ def run_start(args: argparse.Namespace) -> int:
     return 0
 
 
-def _render_drained(results: list[LaunchResult]) -> None:
-    created = sum(1 for r in results if r.state == LaunchState.CREATED)
-    table = Table(title=f"{created} of {len(results)} launches created")
-    for column in ("launch", "key", "state", "session", "error"):
-        table.add_column(column)
+def _render_drained(results: list["LaunchResult"]) -> None:
+    created = sum(1 for r in results if r.state == "created")
+    table = tables.table(
+        "launch", "key", "state", "session", "error",
+        title=f"{created} of {len(results)} launches created", ids=("launch", "key"),
+    )  # fmt: skip
     for r in results:
-        style = "red" if r.state == LaunchState.FAILED else ""
+        style = "red" if r.state == "failed" else ""
         table.add_row(
-            str(r.launch_id),
-            r.idempotency_key,
-            r.state,
-            r.session_id or "",
-            (r.error or "")[:80],
+            str(r.launch_id), r.idempotency_key, r.state, r.session_id or "", r.error or "",
             style=style,
-        )
-    Console().print(table)
+        )  # fmt: skip
+    tables.print_table(table)
 
 
 # -- listings --------------------------------------------------------------------------------
 
 
-def run_sessions(args: argparse.Namespace) -> int:
-    settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings, pool_size=4)
+def _filter(args: argparse.Namespace) -> "SessionFilter":
+    """The filters as the store takes them; a bad one raises ValueError, said as usage."""
+    from sessions.metadata import MetadataError, parse_pairs
+    from store.sessions import SessionFilter
+
+    for agent in args.agent:
+        agent_id, sep, version = agent.partition(":")
+        if not agent_id or (sep and not version.isdigit()):
+            raise ValueError(f"bad --agent {agent!r}: use ID or ID:VERSION")
     try:
-        rows = LaunchStore(engine).tracked(limit=args.limit, include_deleted=args.all)
+        metadata = parse_pairs(args.metadata)
+    except MetadataError as exc:
+        raise ValueError(str(exc)) from None
+    return SessionFilter(
+        status=tuple(args.status),
+        stop_reason=tuple(args.stop_reason),
+        agent=tuple(args.agent),
+        owner=tuple(args.owner),
+        metadata=metadata,
+        include_deleted=args.all,
+    )
+
+
+def compact_metadata(pairs: dict[str, str]) -> str:
+    """`k=v k2=v2`: the caller's own pairs, as a cell."""
+    return " ".join(f"{k}={v}" for k, v in pairs.items())
+
+
+def run_sessions(args: argparse.Namespace) -> int:
+    from idlehook import loading
+    from sessions.launcher import describe_tracked
+    from sessions.session_report import status_label, user_metadata
+    from store import approvals
+    from store.launches import LaunchStore
+    from store.models import utcnow
+
+    try:
+        where = _filter(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = loading.settings_from_args(args)
+    engine = loading.open_engine(settings, pool_size=4)
+    try:
+        rows = LaunchStore(engine).tracked(limit=args.limit, where=where)
         waiting = approvals.count_pending_by_session(engine)
     finally:
         engine.dispose()
     now = utcnow()
     # `pending_approvals`: held tool uses waiting for a person (`idlehook approvals`).
     described = [
-        describe_tracked(r, now) | {"pending_approvals": waiting.get(r.id, 0)} for r in rows
+        describe_tracked(r, now)
+        | {
+            "status_label": status_label(r.status, r.stop_reason),
+            "metadata": user_metadata(r.session_metadata),
+            "deleted_at": r.deleted_at.isoformat() if r.deleted_at else None,
+            "pending_approvals": waiting.get(r.id, 0),
+        }
+        for r in rows
     ]
     if args.json:
         print(json.dumps(described, indent=2))
         return 0
-    table = Table(title=f"{len(described)} tracked sessions")
-    table.add_column("session", no_wrap=True)
-    for column in ("status", "age", "route", "result", "cost", "budget", "deadline", "approvals"):
-        table.add_column(column)
+    columns = ["session", "status", "age", "route", "metadata", "result", "cost", "budget"]
+    columns += ["deadline", "approvals"] + (["deleted"] if args.all else [])
+    cells: list[list[str]] = []
     for item in described:
-        age = item["age_seconds"]
-        cost = item["cost_usd"]
-        status = item["status"] or "?"
-        if item["stop_reason"] == "budget_reached":
-            status += " (budget reached)"  # `idlehook budget SESSION USD` raises it
+        status = item["status_label"]
         if item["reap_requested"]:
             status += " (reap)"
-        table.add_row(
+        row = [
             item["id"],
             status,
-            format_duration_s(age),
+            format_duration_s(item["age_seconds"]),
             item["route"] or "",
+            compact_metadata(item["metadata"]),
             "yes" if item["result_captured"] else "",
-            f"${cost:.4f}" if cost is not None else "",
+            f"${item['cost_usd']:.4f}" if item["cost_usd"] is not None else "",
             # A budget caps the token list cost, not runtime.
             _budget_cell(item["token_usd"], item["budget_usd"]),
-            item["deadline"][:16].replace("T", " ") if item["deadline"] else "",
+            _minute(item["deadline"]),
             str(item["pending_approvals"] or ""),
-        )
-    Console().print(table)
+        ]
+        if args.all:
+            row.append(_minute(item["deleted_at"]))
+        cells.append(row)
+    out = tables.console()
+    if out.width < tables.PIPED_WIDTH:
+        # On a terminal every column costs width the others fold into: show only those with
+        # something in them. Piped, the columns stay the same for awk whatever the rows hold.
+        keep = [i for i in range(len(columns)) if i < 2 or any(r[i] for r in cells)]
+        columns = [columns[i] for i in keep]
+        cells = [[r[i] for i in keep] for r in cells]
+    table = tables.table(*columns, title=f"{len(described)} tracked sessions")
+    for line in cells:
+        table.add_row(*line)
+    tables.print_table(table, out)
     return 0
+
+
+def _minute(iso: str | None) -> str:
+    return iso[:16].replace("T", " ") if iso else ""
 
 
 def _budget_cell(spent: float | None, cap: float | None) -> str:
@@ -343,12 +400,20 @@ def _budget_cell(spent: float | None, cap: float | None) -> str:
 
 
 def format_duration_s(seconds: float | None) -> str:
+    from datetime import timedelta
+
+    from handlers.durations import format_duration
+
     return "" if seconds is None else format_duration(timedelta(seconds=seconds))
 
 
 def run_launches(args: argparse.Namespace) -> int:
-    settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings, pool_size=4)
+    from idlehook import loading
+    from sessions.launcher import LaunchResult
+    from store.launches import LaunchStore
+
+    settings = loading.settings_from_args(args)
+    engine = loading.open_engine(settings, pool_size=4)
     try:
         store = LaunchStore(engine)
         rows = store.recent(args.state, limit=args.limit)
@@ -360,9 +425,10 @@ def run_launches(args: argparse.Namespace) -> int:
         print(json.dumps({"counts": counts, "launches": described}, indent=2))
         return 0
     summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "empty"
-    table = Table(title=f"launches: {summary}")
-    for column in ("id", "key", "state", "attempts", "session", "error"):
-        table.add_column(column)
+    table = tables.table(
+        "id", "key", "state", "attempts", "session", "error",
+        title=f"launches: {summary}", ids=("id", "key"),
+    )  # fmt: skip
     for item in described:
         table.add_row(
             str(item["launch_id"]),
@@ -370,7 +436,7 @@ def run_launches(args: argparse.Namespace) -> int:
             item["state"],
             str(item["attempts"]),
             item["session_id"] or "",
-            (item["error"] or "")[:80],
+            item["error"] or "",
         )
-    Console().print(table)
+    tables.print_table(table)
     return 0

@@ -24,7 +24,9 @@ def console(*, stderr: bool = False, width: int | None = None) -> "Console":
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    if width is None and not stream.isatty() and not os.environ.get("COLUMNS"):
+    # COLUMNS is the terminal's convention every tool honours, not idlehook configuration.
+    columns = os.environ.get("COLUMNS")  # noqa: TID251
+    if width is None and not stream.isatty() and not columns:
         width = PIPED_WIDTH
     return Console(stderr=stderr, width=width, highlight=False, soft_wrap=False)
 
@@ -58,4 +60,13 @@ def print_table(t: "Table", out: "Console | None" = None) -> None:
 
         needed = Measurement.get(out, out.options, t).maximum
         out.width = max(needed, 20)
+    else:
+        # The ids alone are wider than the terminal: the line goes wider (the terminal wraps
+        # it, the text keeps every id whole) rather than rich cutting an id; the other columns
+        # keep their header's width (up to 8) to fold into.
+        ids = sum(c.min_width or 0 for c in t.columns if c.no_wrap)
+        others = sum(min(8, len(str(c.header)) or 1) for c in t.columns if not c.no_wrap)
+        needed = ids + others + 3 * len(t.columns) + 1  # padding and rules
+        if needed > out.width:
+            out.width = needed
     out.print(t)
