@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from console import auth, web_page
+from console.recovery_api import unmatched_count
 from store import dashboard
 from store.models import utcnow
 
@@ -114,8 +115,10 @@ def web_routes(
     now: Callable[[], datetime] = utcnow,
     limit: int = 50,
     billing_model: str = "running",
+    routes: Sequence[Any] = (),
 ) -> list[Route]:
-    """Routes for the receiver app: `/` and `/login`."""
+    """Routes for the receiver app: `/` and `/login`. `routes`: the `[[routes]]` rules, for
+    the count of unmatched deliveries they would now route (Reroute unmatched)."""
     token = api_token if auth.configured(api_token) else None
     list_pending = pending_approvals_source()
 
@@ -139,7 +142,10 @@ def web_routes(
         if journal is not None:
             view = dataclasses.replace(view, journal=journal.stats())
         pending = await _pending(engine, list_pending)
-        return _page(lambda n: web_page.render(view, pending, n, billing_model))
+        unmatched = await asyncio.to_thread(unmatched_count, engine, routes)
+        return _page(
+            lambda n: web_page.render(view, pending, n, billing_model, unmatched=unmatched)
+        )
 
     async def login_form(request: Request) -> Response:
         if token is None:

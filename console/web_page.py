@@ -10,7 +10,9 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
+from console import recovery_page
 from handlers.spend import cap_from_metadata
 from store.dashboard import Dashboard, MinuteBucket, SessionRow
 
@@ -95,6 +97,14 @@ def _money(value: float | None) -> str:
     return "" if value is None else f"${value:.4f}"
 
 
+def session_link(session_id: str | None) -> str:
+    """A session id that opens its own view (console/session_page.py)."""
+    if not session_id:
+        return ""
+    href = "/sessions/" + quote(session_id, safe="") + "/view"
+    return f'<a href="{escape(href)}"><code>{escape(session_id)}</code></a>'
+
+
 def _state(value: str | None) -> str:
     text = value or "?"
     return f'<span class="s-{escape(text)}">{escape(text)}</span>'
@@ -173,7 +183,7 @@ def _approvals(pending: Sequence[Any] | None) -> str:
         rows.append(
             [
                 escape(str(item.id)),
-                escape(item.session_id),
+                session_link(item.session_id),
                 escape(item.tool_name),
                 f"<code>{escape(shown)}</code>",
                 _ts(item.requested_at),
@@ -251,7 +261,12 @@ def _result_cell(s: SessionRow) -> str:
 
 
 def render(
-    view: Dashboard, pending: Sequence[Any] | None, nonce: str, billing_model: str = "running"
+    view: Dashboard,
+    pending: Sequence[Any] | None,
+    nonce: str,
+    billing_model: str = "running",
+    *,
+    unmatched: int = 0,
 ) -> str:
     t = view.totals
     runs = t.runs_by_state
@@ -265,6 +280,7 @@ def render(
         ("dead letters", str(runs.get("dead", 0))),
         ("unsaved outcomes", str(t.unsaved_outcomes)),
         ("unrecognised kept", str(t.unrecognised)),
+        ("rejected (1 h)", str(t.rejected_last_hour)),
         *_journal_card(view),
         ("interrupted", str(t.interrupted)),
         ("reaped", str(t.reaped)),
@@ -285,7 +301,7 @@ def render(
         ],
         (
             [
-                f"<code>{escape(s.id)}</code>",
+                session_link(s.id),
                 _state("deleted" if s.deleted else s.status),
                 escape(s.stop_reason or "")
                 + (f" (interrupted: {escape(s.interrupt_reason)})" if s.interrupt_reason else ""),
@@ -307,7 +323,7 @@ def render(
                 str(d.id),
                 _ts(d.received_at),
                 escape(d.event_type),
-                f"<code>{escape(d.session_id or '')}</code>",
+                session_link(d.session_id),
                 escape(d.source),
                 str(d.duplicates),
             ]
@@ -322,7 +338,7 @@ def render(
                 str(r.id),
                 _ts(r.updated_at),
                 escape(r.handler),
-                f"<code>{escape(r.session_id)}</code>",
+                session_link(r.session_id),
                 _state(r.state),
                 str(r.attempts),
                 "" if r.duration_ms is None else f"{r.duration_ms:.0f} ms",
@@ -331,14 +347,21 @@ def render(
 
     run_headers = ["id", "updated", "handler", "session", "state", "attempts", "took", "error"]
     runs_html = _table(run_headers, run_rows(view.runs), "No handler runs yet.")
-    dead_html = _table(run_headers, run_rows(view.dead_letters), "No dead letters.")
+    dead_html = _table(
+        [*run_headers, ""],
+        (
+            [*row, recovery_page.dead_letter_buttons(r.id)]
+            for row, r in zip(run_rows(view.dead_letters), view.dead_letters, strict=True)
+        ),
+        "No dead letters.",
+    )
     reaper = _table(
         ["at", "session", "action", "reason", "dry run", "saves $/h", "error"],
         (
             [
                 _ts(a.at),
-                f"<code>{escape(a.session_id)}</code>",
-                _state(a.action),
+                session_link(a.session_id),
+                _state(a.action).replace(">would_", ">would "),  # a dry run's row
                 escape(a.reason),
                 "yes" if a.dry_run else "",
                 f"{a.saving_usd_per_hour:.4f}" if a.saving_usd_per_hour else "",
@@ -351,6 +374,8 @@ def render(
     script = f'<script nonce="{escape(nonce)}">{_APPROVAL_SCRIPT}</script>' if pending else ""
     if "data-budget-session" in sessions:
         script += f'<script nonce="{escape(nonce)}">{_BUDGET_SCRIPT}</script>'
+    if view.dead_letters or unmatched:
+        script += f'<script nonce="{escape(nonce)}">{recovery_page.SCRIPT}</script>'
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta http-equiv="refresh" content="30">'
@@ -368,7 +393,7 @@ def render(
         f'<h2 id="sessions">Sessions</h2>{sessions}'
         f'<h2 id="deliveries">Recent deliveries</h2>{deliveries}'
         f'<h2 id="runs">Handler runs</h2>{runs_html}'
-        f'<h2 id="dead">Dead letters</h2>{dead_html}'
+        f'<h2 id="dead">Dead letters</h2>{recovery_page.reroute_unmatched(unmatched)}{dead_html}'
         f'<h2 id="reaper">Reaper actions</h2>{reaper}'
         f"{script}</body></html>"
     )

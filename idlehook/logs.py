@@ -45,7 +45,36 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-def configure_logging(json: bool | None = None, level: str = "INFO", cache: bool = True) -> None:
+# The level the command line chose (`--verbose`, `--quiet`, `--log-level`, or the command's
+# default), kept so a later reconfiguration (the config file's format, `serve`'s cached
+# pipeline) does not bring back lines the user silenced.
+_level = "INFO"
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def saved() -> tuple[dict[str, Any], str]:
+    """The logging configuration now, for `restore` (a command run in-process, by a test or
+    the demo, hands back the caller's)."""
+    return structlog.get_config(), _level
+
+
+def restore(config: tuple[dict[str, Any], str]) -> None:
+    global _level
+    structlog.configure(**config[0])
+    _level = config[1]
+
+
+def configure_logging(
+    json: bool | None = None, level: str | None = None, cache: bool = True
+) -> None:
+    """Logs to stderr as JSON (off a terminal) or readable lines; `level` None keeps the level
+    last chosen."""
+    global _level
+    if level is None:
+        level = _level
+    else:
+        level = _level = level.upper()
     if json is None:
         json = not sys.stdout.isatty()
     shared: list[Any] = [

@@ -31,6 +31,7 @@ from handlers.config import (
     WorkerSettings,
     check_duration,
     default_routes,
+    with_answer_route,
 )
 from handlers.durations import parse_duration
 
@@ -297,6 +298,12 @@ class Settings(BaseSettings):
     # The API's rate limits (requests per minute), shared by every worker through the store.
     create_rpm: int = Field(default=300, ge=1)
     read_rpm: int = Field(default=600, ge=1)
+
+    @field_validator("routes")
+    @classmethod
+    def _keep_answer_route(cls, value: list[RouteRule]) -> list[RouteRule]:
+        # Written routes must not silently drop `requires_action -> answer` (RouteRule).
+        return with_answer_route(value)
 
     @field_validator("webhook_signing_keys", mode="before")
     @classmethod

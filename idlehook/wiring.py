@@ -4,24 +4,22 @@ reconciler, app.
 The only place that builds them; commands, the demo and tests of the whole service call these.
 """
 
-import argparse
 import asyncio
 import contextlib
-import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import structlog
 from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
-from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from console.approvals_api import approvals_routes
 from console.budget_api import budget_routes
 from console.followups_api import followup_routes
+from console.recovery_api import recovery_routes
+from console.session_page import session_routes
 from console.sessions_api import sessions_routes
 from console.web import web_routes
 from handlers.api import HandlerContext, Notification
@@ -35,7 +33,10 @@ from handlers.registry import Registry
 from handlers.tools import confirm
 from handlers.tools.registry import ToolRegistry
 from handlers.worker import Worker
-from idlehook.logs import configure_logging
+from idlehook import config_check
+from idlehook.errors import ConfigError as ConfigError  # defined without the SDK; re-exported
+from idlehook.loading import open_engine as open_engine  # re-exported: light, without the SDK
+from idlehook.loading import settings_from_args as settings_from_args
 from idlehook.settings import Settings
 from receiver.app import ExtraLifespan, ReceiverApp, create_app
 from receiver.config import ReceiverConfig
@@ -50,7 +51,6 @@ from sessions.reap_policy import ReapPolicy
 from sessions.reaper import Archiver, Reaper
 from sessions.reconciler import Reconciler
 from sessions.watchdog import Watchdog
-from store.engine import make_engine, migrate
 from store.inbox import Inbox
 from store.journal import Journal, store_key
 from store.models import utcnow
@@ -60,38 +60,6 @@ from store.runs import RunStore
 from store.sessions import SessionStore
 
 log = structlog.get_logger(__name__)
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message says what to fix."""
-
-
-def _explain(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-    return str(exc)
-
-
-def settings_from_args(args: argparse.Namespace, **overrides: Any) -> Settings:
-    """Settings for a command, and logging configured to match them."""
-    config = getattr(args, "config", None)
-    try:
-        settings = Settings.load(config=Path(config) if config else None, **overrides)
-    except (ValidationError, FileNotFoundError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(_explain(exc)) from None
-    if settings.json_logs is not None and not getattr(args, "log_json", None):
-        # The config file chose the format; main() has already sent logs to stderr.
-        configure_logging(json=settings.json_logs, cache=False)
-    return settings
-
-
-def open_engine(settings: Settings, *, pool_size: int = 10) -> Engine:
-    """The engine, with the schema brought up to date (idempotent)."""
-    engine = make_engine(settings.database_url, pool_size=pool_size)
-    migrate(engine)
-    return engine
 
 
 def api_client(settings: Settings, engine: Engine, *, max_retries: int = 2) -> AsyncAnthropic:
@@ -126,7 +94,9 @@ def pacer(settings: Settings, engine: Engine) -> Pacer:
 def worker(settings: Settings, engine: Engine, client: AsyncAnthropic) -> Worker:
     """The plugins the routes name, and only those, from the `idlehook.handlers` entry points,
     each built with its own table (`[plugins.<name>]`; the built-ins' from their sections).
-    Raises ConfigError when a table does not fit its plugin."""
+    Raises ConfigError when a table does not fit its plugin, or anything else in
+    `config_check` that would fail silently (an unknown handler, event-type typo, tool module)."""
+    config_check.require(settings)
     wanted = {name for rule in settings.routes for name in rule.handlers}
     try:
         tables = plugin_tables(settings)
@@ -380,6 +350,8 @@ def service(
     by `lifespan` and woken by `on_new` (idlehook/supervise.py); tests and the demo run the
     worker in-process.
     """
+    if not run_worker:  # `serve`: refuse a config its worker process would refuse, at once
+        config_check.require(settings)
     engine = engine or open_engine(settings)
     client = client or api_client(settings, engine)
     inbox = Inbox(engine)
@@ -403,8 +375,20 @@ def service(
             *sessions_routes(the_launcher, settings.api_token),
             *followup_routes(the_launcher, settings.api_token),
             *budget_routes(the_launcher, settings.api_token),
-            *web_routes(engine, settings.api_token, billing_model=settings.billing_model),
+            *web_routes(
+                engine,
+                settings.api_token,
+                billing_model=settings.billing_model,
+                routes=settings.routes,
+            ),
             *approvals_routes(engine, client, settings.api_token),
+            *recovery_routes(engine, settings.api_token, settings.routes),
+            *session_routes(
+                engine,
+                settings.api_token,
+                results_dir=settings.results_dir,
+                pricing=settings.pricing(),
+            ),
         ],
         lifespan=in_process if work is not None else lifespan,
         on_new=work.worker.wake if work is not None else on_new,

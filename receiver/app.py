@@ -116,6 +116,7 @@ def create_app(
             metrics.INBOX_DEPTH.detach(inbox.depth)
             metrics.UNSAVED_OUTCOMES.detach(unsaved)
             await drain.aclose()
+            await app.intake.rejections.close()  # counted since the last flush
             await inbox.stop()
 
     app = ReceiverApp(

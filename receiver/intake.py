@@ -35,6 +35,7 @@ from receiver.errors import (
 )
 from receiver.event import parse_event, type_label
 from receiver.keyring import KeyRing
+from receiver.rejection_tally import RejectionTally
 from receiver.verify import verify
 from store.inbox import Inbox, StoreUnavailable, session_id_for
 from store.ingest import WEBHOOK
@@ -92,6 +93,8 @@ class WebhookIntake:
         self.journal = journal
         # The latest write to the store failed (readiness reports it; a read may still work).
         self.store_failing = False
+        # Refused requests, for `idlehook status`: counted here, stored every few seconds.
+        self.rejections = RejectionTally(getattr(inbox, "engine", None), now)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -185,6 +188,7 @@ class WebhookIntake:
     async def _reject(self, send: Send, exc: ReceiverError, event_type: str) -> None:
         status = exc.status_code
         metrics.REJECTIONS.labels(exc.reason, str(status)).inc()
+        self.rejections.count(exc.reason, status)
         metrics.delivered(event_type, "rejected")
         if isinstance(exc, BadSignature):
             metrics.SIGNATURE_FAILURES.labels(exc.reason).inc()

@@ -23,6 +23,8 @@ from store.models import (
     TrackedSession,
     UnrecognisedDelivery,
 )
+from store.reaper_actions import as_shown
+from store.rejections import summary as rejection_summary
 from store.runs import ROUTE_HANDLER
 from store.sessions import count_unsaved, outcome_unsaved
 from store.watch import EndpointRecord, read_endpoint
@@ -103,6 +105,7 @@ class Totals:
     interrupted: int = 0  # runs the reaper stopped (runaways, past deadline)
     unsaved_outcomes: int = 0  # ended sessions no route saved
     unrecognised: int = 0  # signed bodies that were no known envelope, kept raw
+    rejected_last_hour: int = 0  # webhook requests refused (store/rejections.py)
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,9 @@ def _totals(db: Session) -> Totals:
         interrupted=interrupted,
         unsaved_outcomes=unsaved,
         unrecognised=int(db.exec(select(sa.func.count()).select_from(UnrecognisedDelivery)).one()),
+        rejected_last_hour=sum(
+            r.last_hour for r in rejection_summary(db.connection(), datetime.now(UTC))
+        ),
     )
 
 
@@ -313,7 +319,7 @@ def _reaper(db: Session, limit: int) -> list[ReaperRow]:
     return [
         ReaperRow(
             session_id=r.session_id,
-            action=r.action,
+            action=as_shown(r.action, r.dry_run),  # a dry run's row never reads as done
             reason=r.reason,
             dry_run=r.dry_run,
             at=r.at,

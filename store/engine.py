@@ -221,3 +221,16 @@ def alembic_config(engine: Engine) -> Config:
 def migrate(engine: Engine, revision: str = "heads") -> None:
     """Bring the schema to `revision` (idempotent; safe to run on every start)."""
     command.upgrade(alembic_config(engine), revision)
+
+
+def shown_url(url: str) -> str:
+    """`url` as it may be printed: its password masked (***)."""
+    return sa.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The alembic revision the database's schema is at (None: never migrated)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()

@@ -55,6 +55,10 @@ class RunState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # failed at least once, waiting for its next attempt
     DEAD = "dead"  # out of attempts: a dead letter, replayable
+    # Finished, kept for history (store/runs.py): a dead letter a person gave up on, with the
+    # reason; and one whose delivery was re-routed (`replay`, `reroute`), replaced by a new run.
+    DISCARDED = "discarded"
+    SUPERSEDED = "superseded"
 
 
 UNFINISHED_STATES = (RunState.PENDING, RunState.RUNNING, RunState.FAILED)
@@ -138,7 +142,11 @@ class HandlerRun(SQLModel, table=True):
 
     __tablename__ = "handler_runs"
     __table_args__ = (
-        sa.UniqueConstraint("delivery_id", "handler", name="uq_handler_runs_delivery_handler"),
+        # One run per handler per routing of a delivery: a re-route (`generation` + 1) may add
+        # a handler again, never twice in one routing (migration 0011).
+        sa.UniqueConstraint(
+            "delivery_id", "handler", "generation", name="uq_handler_runs_delivery_generation"
+        ),
         sa.Index("ix_handler_runs_claim", "state", "next_attempt_at"),
         # The claim's per-lane checks read only a lane's unfinished runs (migration 0010).
         sa.Index("ix_handler_runs_lane_state", "lane", "state", "delivery_id", "position"),
@@ -159,6 +167,17 @@ class HandlerRun(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False))
     finished_at: datetime | None = Field(default=None, sa_column=ts_column())
+    # Which routing of the delivery added this run: 0 at ingest, + 1 per re-route.
+    generation: int = Field(
+        default=0, sa_column=sa.Column(sa.Integer(), nullable=False, server_default="0")
+    )
+    # A `_route` run's decision (`matched`, `no_rule`, `stale_idle`, `session_deleted`, ...).
+    decision: str | None = Field(default=None, max_length=40)
+    # Discarded or superseded: by whom, when, why (a discard's reason); the run that replaced it.
+    resolved_by: str | None = Field(default=None, max_length=200)
+    resolved_at: datetime | None = Field(default=None, sa_column=ts_column())
+    resolution: str | None = Field(default=None, sa_column=sa.Column(sa.Text(), nullable=True))
+    superseded_by: int | None = None
 
 
 # --- launches (sessions/launcher.py, sessions/pacing.py) -------------------------------------
@@ -238,6 +257,11 @@ class ReaperActionKind(StrEnum):
     SKIPPED = "skipped"  # chosen, then held back by a guard (pending work, unsaved result, ...)
     REFUSED = "refused"  # the API said no (4xx): retried on the next run
     FAILED = "failed"
+    # A dry run's: what a real run would do; nothing was done.
+    WOULD_DELETE = "would_delete"
+    WOULD_INTERRUPT = "would_interrupt"
+    WOULD_ARCHIVE = "would_archive"
+    KEPT = "kept"  # examined and left alone, with its reason (reports and logs; never recorded)
 
 
 class ReaperAction(SQLModel, table=True):
@@ -435,3 +459,22 @@ class SigningKeyRecord(SQLModel, table=True):
 
 
 # --- end webhook signing keys ------------------------------------------------------------------
+
+
+# --- webhook rejections (store/rejections.py) ---------------------------------------------------
+
+
+class WebhookRejection(SQLModel, table=True):
+    """Requests the webhook path refused, counted per minute, reason and status: each receiver
+    adds what it counted in memory every few seconds (a flood of bad requests is no write load);
+    minutes older than a day are folded into one row per reason at `minute` = the epoch."""
+
+    __tablename__ = "webhook_rejections"
+
+    minute: datetime = Field(sa_column=sa.Column(UTCDateTime(), primary_key=True))
+    reason: str = Field(max_length=40, primary_key=True)  # bad_signature, body_too_large, ...
+    status: int = Field(primary_key=True)  # 401, 400, 413, ...
+    count: int = 0
+
+
+# --- end webhook rejections ---------------------------------------------------------------------

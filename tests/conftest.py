@@ -20,6 +20,8 @@ from tests.support.databases import PostgresFactory, postgres_available, postgre
 _LANE_BY_PATH = {
     # The whole stack as processes (receiver, worker, emulator), driven from outside.
     "tests/e2e/": "e2e",
+    # The publish_* plugins against the machine's Redis, NATS and RabbitMQ, and the whole stack.
+    "tests/integrations/": "e2e",
     # Faults inflicted on real processes and storage, soak and scale.
     "tests/reliability/": "slow",
     # Headless Chromium.
@@ -80,7 +82,13 @@ _SLOW_MODULES = frozenset(
         "tests/web/test_auth.py",
         "tests/web/test_budget_page.py",
         "tests/web/test_cli_output.py",
+        "tests/web/test_recovery_page.py",  # a receiver and the emulator for one test
+        "tests/cli/test_recovery.py",  # 5-7 `idlehook` processes a test, with the emulator
         "tests/test_logging.py",
+        # `idlehook` commands, and `serve`, as processes.
+        "tests/cli/test_quiet.py",
+        "tests/cli/test_serve_start.py",
+        "tests/cli/test_status.py",
     }
 )
 _POSTGRES_FIXTURES = frozenset({"postgres_url", "postgres_factory"})

@@ -8,15 +8,13 @@ failed.
 """
 
 import argparse
-import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from idlehook import wiring
-from idlehook.settings import Settings
-from sessions.budget import BudgetError, usd_to_cents
-from sessions.budget_raise import RaisedBudget
+if TYPE_CHECKING:
+    from idlehook.settings import Settings
+    from sessions.budget_raise import RaisedBudget
 
 
 def register(subparsers: Any) -> None:
@@ -31,7 +29,9 @@ def register(subparsers: Any) -> None:
     command.set_defaults(func=run_budget)
 
 
-async def _raise(settings: Settings, session_id: str, usd: float) -> RaisedBudget:
+async def _raise(settings: "Settings", session_id: str, usd: float) -> "RaisedBudget":
+    from idlehook import wiring
+
     engine = wiring.open_engine(settings, pool_size=2)
     try:
         async with wiring.api_client(settings, engine, max_retries=0) as client:
@@ -41,6 +41,11 @@ async def _raise(settings: Settings, session_id: str, usd: float) -> RaisedBudge
 
 
 def run_budget(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from idlehook import wiring
+    from sessions.budget import BudgetError, usd_to_cents
+
     settings = wiring.settings_from_args(args)
     try:
         usd_to_cents(args.usd)  # bad input opens nothing

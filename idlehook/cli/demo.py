@@ -1,17 +1,7 @@
 """`idlehook demo`: emulator + receiver + worker + reconciler + reaper, end to end, on SQLite."""
 
 import argparse
-import asyncio
-import json
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-
-from idlehook.demo import render, run_demo
-from idlehook.logs import configure_logging
 
 
 def register(subparsers: Any) -> None:
@@ -29,8 +19,19 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # The demo narrates through rich; handler log lines would drown it.
-    configure_logging(json=bool(args.log_json), level="WARNING")
+    import asyncio
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from idlehook.demo import render, run_demo
+    from idlehook.logs import configure_logging
+
+    # The demo narrates through rich; handler log lines would drown it (-v brings them back).
+    configure_logging(json=bool(args.log_json), level=getattr(args, "log_level", None) or "WARNING")
     console = Console(quiet=args.json)
     keep = args.data_dir is not None
     data_dir = Path(args.data_dir) if keep else Path(tempfile.mkdtemp(prefix="idlehook-demo-"))

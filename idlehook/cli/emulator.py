@@ -4,15 +4,22 @@ import argparse
 import base64
 import secrets
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:
+    from emulator.config import EmulatorConfig
 
-from emulator.config import EmulatorConfig
+# EmulatorConfig's defaults, spelled here so `--help` need not import pydantic and the emulator
+# (tests/cli/test_cli_speed.py checks they agree).
+DEFAULTS: dict[str, Any] = {
+    "webhook_max_attempts": 3,
+    "disable_after_failed_deliveries": 20,
+    "updated_at_moves": "some",
+}
 
 
 def _default(name: str) -> Any:
-    return EmulatorConfig.model_fields[name].default
+    return DEFAULTS[name]
 
 
 def register(subparsers: Any) -> None:
@@ -111,8 +118,10 @@ def generate_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[EmulatorConfig, str | None]:
+def config_from_args(args: argparse.Namespace) -> tuple["EmulatorConfig", str | None]:
     """The config for these arguments, and the secret generated when none was given."""
+    from emulator.config import EmulatorConfig
+
     generated = None if args.webhook_secrets else generate_secret()
     config = EmulatorConfig(
         api_key=args.api_key,
@@ -151,11 +160,13 @@ def config_from_args(args: argparse.Namespace) -> tuple[EmulatorConfig, str | No
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+    from pydantic import ValidationError
 
     from emulator.app import create_emulator
     from idlehook.logs import configure_logging
 
-    configure_logging(json=args.log_json)
+    # A server: info lines unless asked otherwise (-q, --log-level).
+    configure_logging(json=args.log_json, level=getattr(args, "log_level", None) or "INFO")
     try:
         config, generated = config_from_args(args)
     except ValidationError as exc:

@@ -10,16 +10,15 @@ the printed idempotency key, which is safe.
 """
 
 import argparse
-import asyncio
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Engine
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
-from idlehook import wiring
-from idlehook.settings import Settings
-from sessions.followups import FollowUpError, FollowUpResult, FollowUpUnavailable
+    from idlehook.settings import Settings
+    from sessions.followups import FollowUpResult
 
 EXIT_RETRY = 3
 
@@ -42,7 +41,11 @@ def register(subparsers: Any) -> None:
     send.set_defaults(func=run_send)
 
 
-async def _send(args: argparse.Namespace, settings: Settings, engine: Engine) -> FollowUpResult:
+async def _send(
+    args: argparse.Namespace, settings: "Settings", engine: "Engine"
+) -> "FollowUpResult":
+    from idlehook import wiring
+
     # No SDK retries: it sends no idempotency key (the follow-up settles doubt itself).
     async with wiring.api_client(settings, engine, max_retries=0) as client:
         launcher = wiring.launcher(settings, engine, client)
@@ -55,6 +58,11 @@ async def _send(args: argparse.Namespace, settings: Settings, engine: Engine) ->
 
 
 def run_send(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from idlehook import wiring
+    from sessions.followups import FollowUpError, FollowUpUnavailable
+
     settings = wiring.settings_from_args(args)
     engine = wiring.open_engine(settings, pool_size=2)
     try:

@@ -14,15 +14,10 @@ import getpass
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from handlers.durations import DurationError, format_duration, parse_duration
-from idlehook import wiring
-from idlehook.settings import Settings
-from receiver.config import DEFAULT_KEY_REFRESH_SECONDS
-from receiver.verify import SigningKey
-from store import signing_keys
-from store.models import utcnow
+if TYPE_CHECKING:
+    from idlehook.settings import Settings
 
 METRIC = "idlehook_webhook_signing_key_loaded"
 
@@ -76,14 +71,19 @@ def _read_secret(value: str) -> str:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from idlehook.loading import open_engine, settings_from_args
+    from receiver.config import DEFAULT_KEY_REFRESH_SECONDS
+    from store import signing_keys
+    from store.models import utcnow
+
     secret = _read_secret(args.secret)
     try:
         signing_keys.decode_secret(secret)  # bad input opens nothing
     except signing_keys.BadKeyFormat as exc:
         _error(f"not a signing key: {exc}")
         return 2
-    settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings, pool_size=1)
+    settings = settings_from_args(args)
+    engine = open_engine(settings, pool_size=1)
     try:
         info, outcome = signing_keys.add(engine, secret, utcnow())
     finally:
@@ -100,13 +100,18 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_retire(args: argparse.Namespace) -> int:
+    from handlers.durations import DurationError, format_duration, parse_duration
+    from idlehook.loading import open_engine, settings_from_args
+    from store import signing_keys
+    from store.models import utcnow
+
     try:
         grace = parse_duration(args.grace)
     except DurationError as exc:
         _error(str(exc))
         return 2
-    settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings, pool_size=1)
+    settings = settings_from_args(args)
+    engine = open_engine(settings, pool_size=1)
     now = utcnow()
     try:
         stored = signing_keys.listing(engine)
@@ -144,7 +149,7 @@ def run_retire(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unknown(exc: Exception, settings: Settings, ref: str) -> int:
+def _unknown(exc: Exception, settings: "Settings", ref: str) -> int:
     env = _env_rows(settings)
     if any(ref.strip().lower() in (row["id"], row["fingerprint"]) for row in env):
         _error(
@@ -157,8 +162,12 @@ def _unknown(exc: Exception, settings: Settings, ref: str) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings, pool_size=1)
+    from idlehook.loading import open_engine, settings_from_args
+    from store import signing_keys
+    from store.models import utcnow
+
+    settings = settings_from_args(args)
+    engine = open_engine(settings, pool_size=1)
     now = utcnow()
     try:
         signing_keys.forget_expired(engine, now)
@@ -177,8 +186,11 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _env_rows(settings: Settings) -> list[dict[str, Any]]:
+def _env_rows(settings: "Settings") -> list[dict[str, Any]]:
     """The environment's keys as listed: by position (their metric label), fingerprinted."""
+    from receiver.verify import SigningKey
+    from store import signing_keys
+
     rows: list[dict[str, Any]] = []
     for index, value in enumerate(settings.signing_key_values()):
         try:

@@ -9,15 +9,12 @@ goes, whatever is asked: a retried webhook is de-duplicated by the event id it k
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-from handlers.durations import DurationError, parse_duration
-from idlehook import wiring
-from store.models import utcnow
-from store.retention import FLOOR, PruneReport, prune
+    from store.retention import PruneReport
 
 
 def register(db_commands: Any) -> None:
@@ -35,7 +32,13 @@ def register(db_commands: Any) -> None:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    console = Console()
+    from handlers.durations import DurationError, parse_duration
+    from idlehook import wiring  # the [retention] policy is built there
+    from idlehook.cli import tables
+    from store.models import utcnow
+    from store.retention import FLOOR, prune
+
+    console = tables.console()  # piped: wide, never an ellipsis
     settings = wiring.settings_from_args(args)
     try:
         if args.older_than is not None and parse_duration(args.older_than) < FLOOR:
@@ -59,7 +62,7 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def as_dict(report: PruneReport) -> dict[str, Any]:
+def as_dict(report: "PruneReport") -> dict[str, Any]:
     return {
         "dry_run": report.dry_run,
         "would_delete" if report.dry_run else "deleted": report.deleted,
@@ -69,7 +72,9 @@ def as_dict(report: PruneReport) -> dict[str, Any]:
     }
 
 
-def render(console: Console, report: PruneReport) -> None:
+def render(console: "Console", report: "PruneReport") -> None:
+    from rich.table import Table
+
     verb = "would delete" if report.dry_run else "deleted"
     table = Table(title=f"idlehook db prune{' --dry-run' if report.dry_run else ''}")
     table.add_column("table")

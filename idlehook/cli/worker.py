@@ -1,40 +1,34 @@
-"""`idlehook worker`, `idlehook replay`, `idlehook status`: the run queue from a shell.
+"""`idlehook worker`, `idlehook status`: the run queue from a shell (`replay`: cli/recovery.py).
 
 idlehook worker [--drain] [--sweeps]   claim and run handler runs until SIGTERM/SIGINT; with
                                       --sweeps also the launch queue and the sweeps (what
                                       `idlehook serve` runs as its worker process)
-idlehook replay [--id N]... [--handler NAME] [--session ID]   re-run dead letters
-idlehook status [--json] [--dead N]   queue depth, runs by state, dead letters, sessions,
-                                      deliveries stored, the local journal
+idlehook status [--json] [--dead N]   the last webhook's age, rejected requests by reason, the
+                                      silence alarm, queue depth, handler runs by state (routing
+                                      steps apart, as on the page), dead letters, sessions,
+                                      deliveries stored, the local journal; no SDK is imported
 """
 
 import argparse
-import asyncio
 import json
-import signal
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-import structlog
-from rich.console import Console
-from rich.table import Table
-from sqlalchemy.engine import Engine
+if TYPE_CHECKING:
+    import asyncio
 
-from idlehook import supervise, wiring
-from idlehook.settings import Settings
-from store import approvals
-from store.intake_counts import IntakeCounts, intake_counts
-from store.journal import JournalStats, scan_directory, store_key
-from store.models import utcnow
-from store.runs import QueueStatus, RunStore
-from store.sessions import unsaved_outcomes
-from store.watch import EndpointRecord, endpoint_record
+    from rich.console import Console
+    from sqlalchemy.engine import Engine
 
-log = structlog.get_logger(__name__)
+    from idlehook.settings import Settings
+    from store.intake_counts import IntakeCounts, Liveness
+    from store.journal import JournalStats
+    from store.rejections import RejectionCount
+    from store.runs import QueueStatus
+    from store.watch import EndpointRecord
 
 
 def register(subparsers: Any) -> None:
@@ -51,15 +45,13 @@ def register(subparsers: Any) -> None:
     )
     # Given by `idlehook serve` to the worker process it supervises (idlehook/supervise.py).
     worker.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
-    worker.set_defaults(func=run_worker)
+    # A server's log is its record: info lines unless asked otherwise (-q, --log-level).
+    worker.set_defaults(func=run_worker, default_log_level="INFO")
 
-    replay = subparsers.add_parser("replay", help="re-run dead-lettered handler runs")
-    replay.add_argument("--id", dest="ids", type=int, action="append", default=[], metavar="N")
-    replay.add_argument("--handler", default=None, metavar="NAME")
-    replay.add_argument("--session", default=None, metavar="ID")
-    replay.set_defaults(func=run_replay)
-
-    status = subparsers.add_parser("status", help="queue depth, runs by state, dead letters")
+    status = subparsers.add_parser(
+        "status",
+        help="webhooks (the last one, rejections, silence alarm), queue depth, runs, dead letters",
+    )
     status.add_argument("--json", action="store_true", help="print the same as JSON")
     status.add_argument("--dead", type=int, default=10, metavar="N", help="latest N dead letters")
     status.set_defaults(func=run_status)
@@ -69,6 +61,10 @@ def register(subparsers: Any) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from idlehook import wiring
+
     settings = wiring.settings_from_args(args)
     if args.concurrency is not None:
         worker_settings = settings.worker.model_copy(update={"concurrency": args.concurrency})
@@ -83,7 +79,12 @@ def run_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _work(settings: Settings, engine: Engine, args: argparse.Namespace) -> None:
+async def _work(settings: "Settings", engine: "Engine", args: argparse.Namespace) -> None:
+    import asyncio
+    import signal
+
+    from idlehook import wiring
+
     async with wiring.api_client(settings, engine) as client:
         if args.sweeps:
             work = wiring.background(settings, engine, client)
@@ -105,10 +106,15 @@ async def _work(settings: Settings, engine: Engine, args: argparse.Namespace) ->
 
 
 def _follow_parent(
-    loop: asyncio.AbstractEventLoop, fd: int, stop: Callable[[], None], wake: Callable[[], None]
+    loop: "asyncio.AbstractEventLoop", fd: int, stop: Callable[[], None], wake: Callable[[], None]
 ) -> None:
     """`serve`'s worker process: claim when serve says new work is stored; once serve is gone
     (even SIGKILLed), stop, and exit after a short grace whatever is still in flight."""
+    import structlog
+
+    from idlehook import supervise
+
+    log = structlog.get_logger(__name__)
 
     def gone() -> None:
         log.warning("worker.parent_gone", grace_seconds=supervise.ORPHAN_GRACE_SECONDS)
@@ -118,59 +124,161 @@ def _follow_parent(
     supervise.watch_parent(fd, on_wake=wake, on_gone=gone)
 
 
-def run_replay(args: argparse.Namespace) -> int:
-    settings = wiring.settings_from_args(args)
-    engine = wiring.open_engine(settings)
-    try:
-        ids = RunStore(engine).replay(
-            utcnow(), ids=args.ids, handler=args.handler, session_id=args.session
-        )
-    finally:
-        engine.dispose()
-    Console().print(
-        f"replayed {len(ids)} run(s)" + (f": {', '.join(map(str, ids))}" if ids else "")
-    )
-    return 0
+def status_dict(status: "QueueStatus") -> dict[str, Any]:
+    from dataclasses import asdict
 
-
-def status_dict(status: QueueStatus) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(status), default=str))  # type: ignore[no-any-return]
 
 
 def run_status(args: argparse.Namespace) -> int:
-    settings = wiring.settings_from_args(args)
+    # No SDK here (idlehook.loading, not wiring): status answers in a fraction of a second.
+    import sqlalchemy as sa
+
+    from idlehook.loading import open_engine, settings_from_args
+    from store import approvals, rejections
+    from store.intake_counts import intake_counts, liveness, routing_by_state
+    from store.journal import scan_directory, store_key
+    from store.models import utcnow
+    from store.runs import RunStore
+    from store.sessions import unsaved_outcomes
+    from store.watch import endpoint_record
+
+    settings = settings_from_args(args)
     # From files, first: while the store is down the journal is what there is to show.
     journal = scan_directory(settings.journal_dir(), store_key(settings.database_url))
     try:
-        engine = wiring.open_engine(settings)
+        engine = open_engine(settings)
     except sa.exc.SQLAlchemyError as exc:
-        return _store_down(args.json, settings.journal_dir(), journal, exc)
+        return _store_down(args.json, settings.database_url, settings.journal_dir(), journal, exc)
+    now = utcnow()
     try:
         intake = intake_counts(engine)
         status = RunStore(engine).status(dead_limit=args.dead)
+        routing = routing_by_state(engine)
         waiting = sum(approvals.count_pending_by_session(engine).values())
         unsaved, unsaved_ids = unsaved_outcomes(engine)
         endpoint = endpoint_record(engine)
+        alive = liveness(engine)
+        refused = rejections.summary(engine, now)
     finally:
         engine.dispose()
+    alarm_after = timedelta(seconds=settings.reconcile.silence_alarm_seconds)
     if args.json:
         body = status_dict(status) | {
+            "routing_by_state": routing,
             "pending_approvals": waiting,
             "unsaved_outcomes": {"count": unsaved, "session_ids": unsaved_ids},
             "deliveries": intake.as_dict(),
             "journal": journal_dict(settings.journal_dir(), journal),
             "webhook_endpoint": endpoint.as_dict() if endpoint is not None else None,
+            "webhooks": liveness_dict(alive, now, alarm_after),
+            "rejections": rejections_dict(refused),
         }
         print(json.dumps(body, indent=2, sort_keys=True))
         return 0
-    console = Console()
+    from idlehook.cli import tables
+
+    console = tables.console()
     render_endpoint(endpoint, console)
+    render_liveness(alive, now, alarm_after, console)
+    render_rejections(refused, console)
     render_intake(intake, journal, console)
-    render_status(status, console, pending_approvals=waiting, unsaved=(unsaved, unsaved_ids))
+    render_status(
+        status, console, pending_approvals=waiting, unsaved=(unsaved, unsaved_ids), routing=routing
+    )
     return 0
 
 
-def journal_dict(path: Path, journal: JournalStats) -> dict[str, Any]:
+def liveness_dict(alive: "Liveness", now: datetime, alarm_after: timedelta) -> dict[str, Any]:
+    last, since = alive.last_webhook_at, alive.unreported_since
+    return {
+        "last_received_at": last.isoformat() if last else None,
+        "last_received_seconds_ago": round((now - last).total_seconds(), 1) if last else None,
+        "silence_alarm": alive.alarm(now, alarm_after),
+        "silence_alarm_seconds": alarm_after.total_seconds(),
+        # As of the reconciler's last sweep: a status change no webhook reported since.
+        "unreported_change_since": since.isoformat() if since else None,
+    }
+
+
+def rejections_dict(refused: "list[RejectionCount]") -> dict[str, Any]:
+    return {
+        "last_hour": sum(r.last_hour for r in refused),
+        "total": sum(r.total for r in refused),
+        "by_reason": [r.as_dict() for r in refused],
+    }
+
+
+def age(seconds: float) -> str:
+    """A short, rounded age: 42s, 5m 3s, 2h 4m, 3d 2h."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def render_liveness(
+    alive: "Liveness", now: datetime, alarm_after: timedelta, console: "Console"
+) -> None:
+    """The last webhook's age, and the reconciler's silence alarm (red when on)."""
+    last = alive.last_webhook_at
+    when = (
+        f"{age((now - last).total_seconds())} ago ({last.isoformat(timespec='seconds')})"
+        if last
+        else "never"
+    )
+    console.print(f"[bold]Last webhook received:[/bold] {when}", highlight=False)
+    since = alive.unreported_since
+    if alive.alarm(now, alarm_after):
+        assert since is not None
+        console.print(
+            f"[red]Silence alarm: ON[/red]: sessions changed status since "
+            f"{since.isoformat(timespec='seconds')} ({age((now - since).total_seconds())} ago) "
+            "and no webhook came: is the endpoint disabled, or its URL or key wrong?",
+            highlight=False,
+        )
+    elif since is not None and (last is None or last < since):
+        console.print(
+            f"[yellow]Silence alarm: watching[/yellow]: a change at "
+            f"{since.isoformat(timespec='seconds')} no webhook reported yet (alarm after "
+            f"{age(alarm_after.total_seconds())})",
+            highlight=False,
+        )
+    else:
+        console.print("[bold]Silence alarm:[/bold] off", highlight=False)
+
+
+def render_rejections(refused: "list[RejectionCount]", console: "Console") -> None:
+    """Requests the webhook path refused, by status and reason: a wrong key shows as 401s."""
+    if not refused:
+        console.print("[bold]Rejected webhook requests:[/bold] none")
+        return
+    from idlehook.cli import tables
+
+    hour = sum(r.last_hour for r in refused)
+    style = "red" if any(r.status == 401 and r.last_hour for r in refused) else "bold"
+    console.print(
+        f"[{style}]Rejected webhook requests:[/{style}] {hour} in the last hour, "
+        f"{sum(r.total for r in refused)} in all",
+        highlight=False,
+    )
+    t = tables.table("status", "reason", "last hour", "total")
+    for r in refused:
+        t.add_row(str(r.status), r.reason, str(r.last_hour), str(r.total))
+    tables.print_table(t, console)
+    if any(r.status == 401 for r in refused):
+        console.print(
+            "  401: signed with a key this receiver does not hold: compare `idlehook keys list` "
+            "with the endpoint's secret in the Console",
+            highlight=False,
+        )
+
+
+def journal_dict(path: Path, journal: "JournalStats") -> dict[str, Any]:
     oldest = journal.oldest_seconds(time.time())
     return {
         "path": str(path),
@@ -183,7 +291,9 @@ def journal_dict(path: Path, journal: JournalStats) -> dict[str, Any]:
     }
 
 
-def render_intake(intake: IntakeCounts | None, journal: JournalStats, console: Console) -> None:
+def render_intake(
+    intake: "IntakeCounts | None", journal: "JournalStats", console: "Console"
+) -> None:
     """Deliveries stored and duplicates suppressed, and what waits in the local journal."""
     if intake is not None:
         console.print(
@@ -195,28 +305,41 @@ def render_intake(intake: IntakeCounts | None, journal: JournalStats, console: C
         console.print("[bold]Local journal:[/bold] empty")
         return
     oldest = journal.oldest_seconds(time.time())
-    age = f", oldest {oldest:.0f}s ago" if oldest is not None else ""
+    ago = f", oldest {oldest:.0f}s ago" if oldest is not None else ""
     left = f", {journal.orphaned} file(s) left by a stopped receiver" if journal.orphaned else ""
     console.print(
         f"[yellow]Local journal:[/yellow] {journal.depth} deliveries acknowledged but not yet in "
-        f"the store{age}{left}; a running receiver moves them in once the store takes writes",
+        f"the store{ago}{left}; a running receiver moves them in once the store takes writes",
         highlight=False,
     )
 
 
-def _store_down(as_json: bool, path: Path, journal: JournalStats, exc: Exception) -> int:
+def _store_down(
+    as_json: bool, url: str, path: Path, journal: "JournalStats", exc: Exception
+) -> int:
+    import sys
+
+    from idlehook.cli import tables
+    from idlehook.errors import database_error, masked_url
+
     reason = type(getattr(exc, "orig", None) or exc).__name__
+    line = database_error(exc, lambda: url) or f"cannot open database {masked_url(url)}: {reason}"
+    print(f"error: {line}", file=sys.stderr)
     if as_json:
-        body = {"store": {"error": reason}, "journal": journal_dict(path, journal)}
+        body = {
+            "store": {"error": reason},
+            "database": masked_url(url),
+            "journal": journal_dict(path, journal),
+        }
         print(json.dumps(body, indent=2, sort_keys=True))
     else:
-        console = Console()
+        console = tables.console()
         console.print(f"[red]Store unavailable:[/red] {reason}", highlight=False)
         render_intake(None, journal, console)
     return 3
 
 
-def render_endpoint(endpoint: EndpointRecord | None, console: Console) -> None:
+def render_endpoint(endpoint: "EndpointRecord | None", console: "Console") -> None:
     """The webhook endpoint's state as the reconciler last read it; red while disabled."""
     if endpoint is None:
         console.print(
@@ -240,11 +363,14 @@ def render_endpoint(endpoint: EndpointRecord | None, console: Console) -> None:
 
 
 def render_status(
-    status: QueueStatus,
-    console: Console,
+    status: "QueueStatus",
+    console: "Console",
     pending_approvals: int = 0,
     unsaved: tuple[int, list[str]] = (0, []),
+    routing: dict[str, int] | None = None,
 ) -> None:
+    from idlehook.cli import tables
+
     console.print(f"[bold]Unfinished runs (inbox depth):[/bold] {status.unfinished}")
     console.print(f"[bold]Approvals waiting for a person:[/bold] {pending_approvals}")
     count, ids = unsaved
@@ -255,23 +381,37 @@ def render_status(
     )
     for session_id in ids:
         console.print(f"  {session_id}", highlight=False)
-    runs = Table("state", "runs", title="Runs by state")
-    for state, count in sorted(status.runs_by_state.items()):
-        runs.add_row(state, str(count))
-    console.print(runs)
-    sessions = Table("status", "sessions", title="Tracked sessions by status")
-    for state, count in sorted(status.sessions_by_status.items()):
-        sessions.add_row(state, str(count))
-    console.print(sessions)
-    dead = Table("id", "handler", "lane", "event", "attempts", "finished", "error", title="Dead")
+    if status.runs_by_state:
+        runs = tables.table("state", "runs", title="Handler runs by state")
+        for state, n in sorted(status.runs_by_state.items()):
+            runs.add_row(state, str(n))
+        tables.print_table(runs, console)
+    else:
+        console.print("[bold]Handler runs:[/bold] none")
+    if routing:
+        shown = ", ".join(f"{n} {state}" for state, n in sorted(routing.items()))
+        console.print(f"[bold]Routing steps (one per delivery):[/bold] {shown}", highlight=False)
+    if status.sessions_by_status:
+        sessions = tables.table("status", "sessions", title="Tracked sessions by status")
+        for state, n in sorted(status.sessions_by_status.items()):
+            sessions.add_row(state, str(n))
+        tables.print_table(sessions, console)
+    else:
+        console.print("[bold]Tracked sessions:[/bold] none")
+    if not status.dead_letters:
+        console.print("[bold]Dead letters:[/bold] none")
+        return
+    # A block per dead letter, not a table: a session id and an event id (45 characters each)
+    # do not fit side by side on a small terminal, and neither may be cut; nor may the error.
+    console.print(
+        f"[bold]Dead letters[/bold] (latest {len(status.dead_letters)}; `idlehook replay --id N`):"
+    )
     for letter in status.dead_letters:
-        dead.add_row(
-            str(letter.id),
-            letter.handler,
-            letter.lane,
-            f"{letter.event_type} {letter.event_id}",
-            str(letter.attempts),
-            letter.finished_at.isoformat(timespec="seconds") if letter.finished_at else "",
-            (letter.last_error or "")[:120],
+        finished = letter.finished_at.isoformat(timespec="seconds") if letter.finished_at else "-"
+        console.print(
+            f"  {letter.id}  {letter.handler}  attempts {letter.attempts}  finished {finished}",
+            highlight=False,
         )
-    console.print(dead)
+        console.print(f"     session {letter.lane}", highlight=False)
+        console.print(f"     event   {letter.event_type} {letter.event_id}", highlight=False)
+        console.print(f"     error   {letter.last_error or '-'}", highlight=False, markup=False)

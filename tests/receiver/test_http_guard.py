@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
+from idlehook import logs
 from idlehook.cli import main
-from idlehook.cli import serve as serve_command
 from idlehook.settings import Settings
 from receiver import server
 from receiver.http_guard import CLOSED, GuardedHttpToolsProtocol, HttpLimits
@@ -337,9 +337,11 @@ def test_serve_runs_the_guarded_configuration_from_http_settings(
     monkeypatch.setattr(server, "run", run)
     # What a long-lived process does once, and a test process must not: cache log pipelines,
     # freeze the heap.
-    monkeypatch.setattr(serve_command, "configure_logging", lambda **_: None)
+    monkeypatch.setattr(logs, "configure_logging", lambda **_: None)
     monkeypatch.setattr(gc, "freeze", lambda: None)
     monkeypatch.setenv("IDLEHOOK_HTTP__MAX_CONNECTIONS", "50")  # the environment wins
+    # serve refuses to start without a signing key (every webhook would be a 401).
+    monkeypatch.setenv("ANTHROPIC_WEBHOOK_SIGNING_KEY", "whsec_" + "QUFB" * 11)
     assert main(["--config", str(tmp_path / "idlehook.toml"), "serve", "--port", "0"]) == 0
     (config,) = seen
     assert issubclass(config.http, GuardedHttpToolsProtocol)

@@ -28,6 +28,7 @@ OWNERS = {
     "follow_ups": {"followups.py"},
     "unrecognised_deliveries": {"unrecognised.py"},
     "signing_keys": {"signing_keys.py"},
+    "webhook_rejections": {"rejections.py"},
 }
 DELETER = "retention.py"  # deletes old, finished rows of any table
 _SQL_WRITE = re.compile(r"\b(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(\w+)", re.IGNORECASE)
