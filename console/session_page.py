@@ -18,7 +18,8 @@ from starlette.routing import Route
 
 from console import auth, web, web_page
 from handlers.billing import Pricing
-from sessions.session_report import SessionReport, build, user_metadata
+from sessions.session_report import SessionReport, build
+from sessions.tracked_view import user_metadata
 
 _MAX_ID = 200  # the store's longest session id
 _STYLE = ".facts{width:auto}.facts th{white-space:nowrap}code{word-break:break-all}"

@@ -24,8 +24,8 @@ from sessions.launcher import (
     Launcher,
     LaunchError,
     LaunchRequest,
-    describe_tracked,
 )
+from sessions.tracked_view import describe_tracked
 from store.models import utcnow
 
 log = structlog.get_logger(__name__)

@@ -34,14 +34,13 @@ from pydantic import (
 from sqlalchemy.engine import Engine
 
 from handlers.durations import DurationError, parse_duration
-from handlers.spend import cap_from_metadata
 from sessions import budget
 from sessions.budget_raise import RaisedBudget, raise_budget
 from sessions.followups import FollowUpResult, FollowUps
 from sessions.launch_retry import decide_launch_retry, retry_delay
 from sessions.metadata import IDEMPOTENCY_KEY, MetadataError, build_metadata, parse_pairs
 from store.launches import LaunchStore, NewLaunch
-from store.models import Launch, LaunchState, TrackedSession, utcnow
+from store.models import Launch, LaunchState, utcnow
 from store.sessions import Launched, SessionStore, SessionUpdate
 
 log = structlog.get_logger(__name__)
@@ -803,28 +802,3 @@ class Launcher:
         except anthropic.APIConnectionError:
             raise LaunchRejected(f"uploading {path.name} failed: API unreachable") from None
         return uploaded.id
-
-
-def describe_tracked(session: TrackedSession, now: datetime) -> dict[str, Any]:
-    """One tracked session as `idlehook sessions --json` and `GET /sessions` show it."""
-    age = (now - session.created_at).total_seconds() if session.created_at else None
-    return {
-        "id": session.id,
-        "status": session.status,
-        "stop_reason": session.stop_reason,
-        "age_seconds": round(age, 1) if age is not None else None,
-        "route": session.route,
-        "owner": session.owner,
-        "launched_by_us": session.launched_by_us,
-        "agent_id": session.agent_id,
-        "agent_version": session.agent_version,
-        "environment_id": session.environment_id,
-        "deadline": session.deadline.isoformat() if session.deadline else None,
-        "result_captured": session.result_captured_at is not None,
-        "cost_usd": session.cost_usd,
-        "token_usd": session.token_usd,
-        # The spend ceiling stamped at launch (and on each raise); None: uncapped.
-        "budget_usd": cap_from_metadata(session.session_metadata),
-        "reap_requested": session.reap_requested_at is not None,
-        "created_at": session.created_at.isoformat() if session.created_at else None,
-    }

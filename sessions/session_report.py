@@ -23,24 +23,11 @@ from handlers.billing import Pricing, session_cost, token_usd
 from handlers.builtin.archive import _SAFE_ID, RESTS
 from handlers.spend import cap_from_metadata
 from sessions.metadata import RESERVED_PREFIX
+from sessions.tracked_view import status_label, user_metadata
 from store import session_detail
 from store.session_detail import SessionDetail
 
 SUMMARY_CHARS = 200  # of a message in the transcript summary (the archive keeps it whole)
-
-
-def user_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
-    """The caller's own pairs: without the `idlehook_` keys stamped at launch."""
-    return {k: v for k, v in sorted(metadata.items()) if not k.startswith(RESERVED_PREFIX)}
-
-
-def status_label(status: str | None, stop_reason: str | None) -> str:
-    """`idle (end_turn)`: an idle session's stop reason says whether it is done, waiting for an
-    answer, or gave up."""
-    label = status or "?"
-    if status == "idle" and stop_reason:
-        label += f" ({stop_reason})"
-    return label
 
 
 @dataclass(frozen=True)

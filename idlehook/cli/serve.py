@@ -53,12 +53,10 @@ def register(subparsers: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import gc
 
-    from idlehook import supervise, wiring
+    from idlehook import config_check, supervise, wiring
     from idlehook.logs import configure_logging
     from receiver import server
     from receiver.http_guard import HttpLimits
-
-    from idlehook import config_check
 
     settings = wiring.settings_from_args(args)
     # A config that would silently disable something is refused before anything logs, in one

@@ -320,8 +320,7 @@ def compact_metadata(pairs: dict[str, str]) -> str:
 
 def run_sessions(args: argparse.Namespace) -> int:
     from idlehook import loading
-    from sessions.launcher import describe_tracked
-    from sessions.session_report import status_label, user_metadata
+    from sessions.tracked_view import describe_tracked, status_label, user_metadata
     from store import approvals
     from store.launches import LaunchStore
     from store.models import utcnow

@@ -86,7 +86,7 @@ def _usd(value: float | None) -> str:
 
 
 def render(report: "SessionReport") -> None:
-    from sessions.session_report import user_metadata
+    from sessions.tracked_view import user_metadata
 
     d = report.detail
     t = d.tracked
