@@ -39,7 +39,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from store.models import (
-    UNFINISHED_STATES,
     Approval,
     ApprovalState,
     Delivery,
@@ -82,7 +81,6 @@ _tool_calls = ToolCall.__table__  # type: ignore[attr-defined]
 _approvals = Approval.__table__  # type: ignore[attr-defined]
 _audit = ReaperAction.__table__  # type: ignore[attr-defined]
 _tracked = TrackedSession.__table__  # type: ignore[attr-defined]
-_UNFINISHED = [str(s) for s in UNFINISHED_STATES]
 
 
 # -- the pure part: how old is old enough ---------------------------------------------------------
@@ -154,11 +152,15 @@ def _run_done(run: Any, cuts: Cuts) -> Any:
 
 
 def _runs_prunable(cuts: Cuts) -> Any:
+    """A delivery's runs go together, once every one of them may: a dead letter kept for its
+    90 days keeps its delivery's succeeded runs (its `_route` among them), or a replay would
+    find the delivery unrouted, and a re-route would run again a handler whose success was
+    pruned."""
     sibling = _runs.alias("sibling")
-    busy_sibling = sa.exists().where(
-        sibling.c.delivery_id == _runs.c.delivery_id, sibling.c.state.in_(_UNFINISHED)
+    kept_sibling = sa.exists().where(
+        sibling.c.delivery_id == _runs.c.delivery_id, sa.not_(_run_done(sibling, cuts))
     )
-    return sa.and_(_run_done(_runs, cuts), sa.not_(busy_sibling))
+    return sa.and_(_run_done(_runs, cuts), sa.not_(kept_sibling))
 
 
 def _delivery_old(delivery: Any, cuts: Cuts) -> Any:

@@ -222,3 +222,25 @@ def test_discarded_and_superseded_runs_are_pruned_like_dead_ones(
     assert left == 0
     assert second.id != first.id
     assert RunState.DISCARDED.value == "discarded"
+
+
+def test_a_kept_dead_letter_keeps_its_deliverys_runs_so_it_can_be_replayed(
+    store: RunStore, engine: Engine
+) -> None:
+    clock = Clock()
+    delivery = add_delivery(engine, session_id="sesn_a", now=clock.now())
+    route(store, clock, ["log", "forward"])
+    finish(store, clock)  # log succeeds
+    finish(store, clock, fail=True)  # forward is a dead letter
+    # 40 days on: past `runs` (30 d), not past `dead_runs` (90 d).
+    forty_days_ago = clock.now() - timedelta(days=40)
+    with engine.begin() as conn:
+        conn.execute(_runs.update().values(finished_at=forty_days_ago, updated_at=forty_days_ago))
+    ages = {kind: timedelta(days=30) for kind in KINDS} | {"dead_runs": timedelta(days=90)}
+    report = prune(engine, RetentionPolicy(ages=ages, status_types=frozenset()), clock.now())
+    assert not report.deleted.get("runs")
+    # The replay finds the delivery routed, and `log`'s success: only forward runs again.
+    [dead] = store.dead_runs()
+    assert store.replay(clock.now(), ids=[dead.id])
+    route(store, clock, ["log", "forward"])
+    assert [h for h, _g, _p, s in table(store, delivery) if s == "pending"] == ["forward"]

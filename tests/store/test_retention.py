@@ -204,8 +204,9 @@ def test_deliveries_and_runs_go_only_when_old_and_finished(engine: Engine) -> No
             )
         ).scalar_one()
     assert kept == 4  # the succeeded _route of each stays beside its unfinished sibling
-    # "dead_40d": its succeeded _route went (old), its dead letter stays, and so its delivery.
-    assert report.deleted["handler_runs"] == 2 + 1 + 2 + 1  # old_done, dead_40d, dead_100d, resent
+    # "dead_40d": its dead letter stays (90 d), and with it its succeeded _route (a replay
+    # re-routes from it) and its delivery: a delivery's runs go together.
+    assert report.deleted["handler_runs"] == 2 + 0 + 2 + 1  # old_done, dead_40d, dead_100d, resent
     # A deleted session goes once none of its deliveries is left; "sesn_held" still has some.
     assert column(engine, "tracked_sessions", "id") >= {"sesn_x", "sesn_held"}
 
