@@ -10,12 +10,16 @@ from typing import Any
 import pytest
 import structlog
 
+from idlehook.logs import configure_logging
 from tests.sessions.test_launch_helpers import API_KEY, World, world
 
 
 @pytest.fixture(autouse=True)
 def logging_back_to_defaults() -> Iterator[None]:
-    # The CLI configures structlog onto this test's captured stderr, closed after the test.
+    # Logs to stderr for the whole test: `main()` restores the logging it found when a command
+    # returns, and structlog's default writes to stdout, where the in-process emulator's lines
+    # (logged from its thread between commands) would mix into a command's captured output.
+    configure_logging(json=False, level="WARNING", cache=False)
     yield
     structlog.reset_defaults()
 
