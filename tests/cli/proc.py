@@ -5,6 +5,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.tools.stack import Stack
 
 # Colour and style codes, should a terminal be forced: the text is what is asserted on.
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -35,3 +39,14 @@ def config_file(path: Path, database_url: str, base_url: str, **more: str) -> Pa
     lines += [f'{k} = "{v}"' for k, v in more.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def stack_config(s: "Stack", tmp_path: Path, **more: str) -> Path:
+    """A config file for CLI processes pointed at a running stack's store, emulator and results."""
+    return config_file(
+        tmp_path / "idlehook.toml",
+        s.settings.database_url,
+        s.emulator_url,
+        results_dir=str(s.settings.results_dir),
+        **more,
+    )

@@ -3,7 +3,6 @@ sending signed webhooks, the worker routing, archiving and holding tool calls) o
 session view on the operator page."""
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -11,26 +10,11 @@ import pytest
 
 from store import approvals
 from store.sessions import SessionFilter, list_tracked
-from tests.cli.proc import config_file, idlehook
+from tests.cli.proc import config_file, idlehook, stack_config
 from tests.support.servers import wait_for
-from tests.tools.stack import TOKEN, Stack, stack
+from tests.tools.stack import TOKEN, Stack
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def s(sqlite_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with stack(sqlite_url, tmp_path) as running:
-        yield running
-
-
-def _config(s: Stack, tmp_path: Path) -> Path:
-    return config_file(
-        tmp_path / "idlehook.toml",
-        s.settings.database_url,
-        s.emulator_url,
-        results_dir=str(s.settings.results_dir),
-    )
 
 
 def _event_reads(s: Stack) -> int:
@@ -47,7 +31,7 @@ def _archived(s: Stack, sid: str) -> bool:
 def test_show_a_finished_session_from_the_store_and_its_archive(s: Stack, tmp_path: Path) -> None:
     sid = s.launch("end_turn", team="core")
     wait_for(lambda: _archived(s, sid), timeout=30)
-    config = _config(s, tmp_path)
+    config = stack_config(s, tmp_path)
     reads = _event_reads(s)
 
     out = idlehook(config, "show", sid)
@@ -90,7 +74,7 @@ def test_show_a_finished_session_from_the_store_and_its_archive(s: Stack, tmp_pa
 def test_a_held_tool_use_is_shown_and_approved_by_its_number(s: Stack, tmp_path: Path) -> None:
     sid = s.launch("requires_action")
     (pending,) = wait_for(lambda: approvals.list_pending(s.svc.engine), timeout=30)
-    config = _config(s, tmp_path)
+    config = stack_config(s, tmp_path)
 
     body = json.loads(idlehook(config, "show", sid, "--json").stdout)
     assert body["status_label"] == "idle (requires_action)"

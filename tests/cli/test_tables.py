@@ -5,7 +5,7 @@ id whole on one line (folding, when it happens, is for the other columns)."""
 import base64
 import json
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,10 +14,10 @@ import pytest
 from store import approvals
 from store.engine import make_engine
 from store.runs import RunStore
-from tests.cli.proc import config_file, idlehook
+from tests.cli.proc import config_file, idlehook, stack_config
 from tests.handlers.helpers import add_delivery
 from tests.support.servers import wait_for
-from tests.tools.stack import Stack, stack
+from tests.tools.stack import Stack
 
 WIDTHS = (80, None)  # a small terminal, and piped
 LONG_KEY = "nightly-triage-" + "x" * 48  # wider than any column 80 columns leave it
@@ -41,22 +41,6 @@ def each_width(config: Path, ids: Iterable[str], *args: str) -> str:
     return piped
 
 
-@pytest.fixture
-def s(sqlite_url: str, tmp_path: Path) -> Iterator[Stack]:
-    with stack(sqlite_url, tmp_path) as running:
-        yield running
-
-
-def _config(s: Stack, tmp_path: Path) -> Path:
-    return config_file(
-        tmp_path / "idlehook.toml",
-        s.settings.database_url,
-        s.emulator_url,
-        results_dir=str(s.settings.results_dir),
-        owner="tools",
-    )
-
-
 def _finished(s: Stack) -> str:
     sid = s.launch("end_turn", team="core", ticket="T-" + "9" * 30)
     wait_for(lambda: (s.settings.results_dir / sid / "events.jsonl").exists(), timeout=30)
@@ -66,7 +50,7 @@ def _finished(s: Stack) -> str:
 # Many processes, each a fresh interpreter: slow on a busy machine.
 @pytest.mark.timeout(400)
 def test_sessions_approvals_and_show(s: Stack, tmp_path: Path) -> None:
-    config = _config(s, tmp_path)
+    config = stack_config(s, tmp_path, owner="tools")
     held = s.launch("requires_action")
     (pending,) = wait_for(lambda: approvals.list_pending(s.svc.engine), timeout=30)
     done = _finished(s)
@@ -85,7 +69,7 @@ def test_sessions_approvals_and_show(s: Stack, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(400)
 def test_launch_keys_too_wide_for_the_terminal_stay_whole(s: Stack, tmp_path: Path) -> None:
-    config = _config(s, tmp_path)
+    config = stack_config(s, tmp_path, owner="tools")
     agent, env = s.agent_and_environment("tables")
     batch = tmp_path / "jobs.jsonl"
     keys = [f"{LONG_KEY}-{n}" for n in range(2)]
@@ -104,7 +88,7 @@ def test_launch_keys_too_wide_for_the_terminal_stay_whole(s: Stack, tmp_path: Pa
 
 @pytest.mark.timeout(400)
 def test_the_reapers_and_a_reroutes_tables(s: Stack, tmp_path: Path) -> None:
-    config = _config(s, tmp_path)
+    config = stack_config(s, tmp_path, owner="tools")
     done = _finished(s)
     each_width(config, [done], "reap", "--dry-run", "--all")
     each_width(config, [done], "reroute", done, "--dry-run")
