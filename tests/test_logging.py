@@ -14,10 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import structlog
 
-from idlehook import cli
-from idlehook.logs import configure_logging
+from idlehook import cli, logs
 from store import signing_keys
 from tests.support.servers import wait_for
 from tests.web.stack import PATH, web_stack
@@ -34,12 +32,13 @@ SECRETS = [API_KEY, SIGNING_KEY, SIGNING_RAW, API_TOKEN, STORED_KEY, STORED_RAW,
 
 @pytest.fixture
 def json_logs() -> Iterator[None]:
-    saved = structlog.get_config()
-    configure_logging(json=True, cache=False)
+    saved = logs.saved()
+    # The level named: whatever ran before in this process may have left another one.
+    logs.configure_logging(json=True, level="INFO", cache=False)
     try:
         yield
     finally:
-        structlog.configure(**saved)
+        logs.restore(saved)
 
 
 def test_secrets_never_appear_in_log_output(

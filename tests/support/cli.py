@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
-from idlehook.logs import configure_logging
+from idlehook import logs
 from tests.sessions.test_launch_helpers import API_KEY, World, world
 
 
@@ -19,9 +18,11 @@ def logging_back_to_defaults() -> Iterator[None]:
     # Logs to stderr for the whole test: `main()` restores the logging it found when a command
     # returns, and structlog's default writes to stdout, where the in-process emulator's lines
     # (logged from its thread between commands) would mix into a command's captured output.
-    configure_logging(json=False, level="WARNING", cache=False)
+    previous = logs.saved()
+    logs.configure_logging(json=False, level="WARNING", cache=False)
     yield
-    structlog.reset_defaults()
+    # The level too: a later test's service configures logging with the level last chosen.
+    logs.restore(previous)
 
 
 @pytest.fixture
