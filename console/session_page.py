@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from console import auth, web, web_page
 from handlers.billing import Pricing
+from handlers.builtin.archive_store import ArchiveStore
 from sessions.session_report import SessionReport, build
 from sessions.tracked_view import user_metadata
 
@@ -26,7 +27,11 @@ _STYLE = ".facts{width:auto}.facts th{white-space:nowrap}code{word-break:break-a
 
 
 def session_routes(
-    engine: Engine, api_token: SecretStr | None, *, results_dir: Path, pricing: Pricing
+    engine: Engine,
+    api_token: SecretStr | None,
+    *,
+    results_dir: Path | ArchiveStore,
+    pricing: Pricing,
 ) -> list[Route]:
     token = api_token if auth.configured(api_token) else None
 

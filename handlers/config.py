@@ -155,6 +155,14 @@ class ArchiveSettings(Section):
     # List the files the session produced into result.json (one more API call per result).
     # Off: result.json says `"files": null` (not listed), never an empty list.
     list_files: bool = False
+    # Where the archive goes: any fsspec URL (`s3://bucket/prefix`, `gs://...`,
+    # `file:///abs/path`); None: `results_dir`, on this machine. Workers sharing one URL share
+    # one archive (handlers/builtin/archive_store.py). No password in it: credentials come from
+    # the backend's own environment (AWS_*), or `storage_options`.
+    url: str | None = None
+    # Passed to the fsspec filesystem (e.g. `endpoint_url`, `key`, `secret` for s3fs). Never
+    # logged or shown: it may hold a key.
+    storage_options: dict[str, Any] = Field(default_factory=dict, repr=False)
 
 
 class ForwardSettings(Section):

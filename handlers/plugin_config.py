@@ -18,7 +18,10 @@ BUILTINS = ("log", "archive", "forward", "delete", "answer")
 def shared_config(settings: HandlerSettings) -> SharedConfig:
     """`ctx.config`: the facts every plugin may read, none of them secret."""
     return SharedConfig(
-        results_dir=settings.results_dir, pricing=settings.pricing(), owner=settings.owner
+        results_dir=settings.results_dir,
+        pricing=settings.pricing(),
+        owner=settings.owner,
+        archive_url=settings.archive.url,
     )
 
 
@@ -28,6 +31,8 @@ def builtin_tables(settings: HandlerSettings) -> dict[str, dict[str, Any]]:
         "archive": {
             "results_dir": settings.results_dir,
             "list_files": settings.archive.list_files,
+            "url": settings.archive.url,
+            "storage_options": settings.archive.storage_options,
         },
         # Forward sends the result archive writes: files listed only when archive lists them.
         "forward": {**dict(settings.forward), "list_files": settings.archive.list_files},

@@ -232,6 +232,16 @@ def _answering(
         )
 
 
+def _archive(settings: Settings, found: _Findings) -> None:
+    """`[archive] url`: a scheme fsspec knows, its backend installed (s3:// needs s3fs)."""
+    if settings.archive.url:
+        from handlers.builtin.archive_store import check_url
+
+        problem = check_url(settings.archive.url)
+        if problem:
+            found.errors.append(problem)
+
+
 def check(settings: Settings) -> ConfigReport:
     """Everything wrong with `settings` that would otherwise fail silently, and its routes."""
     rules = list(settings.routes)
@@ -243,6 +253,7 @@ def check(settings: Settings) -> ConfigReport:
     if not found.errors:  # discovering plugins would only repeat an unknown handler
         _plugin_tables(settings, wanted & set(installed), found)
     _answering(settings, rules, wanted, found)
+    _archive(settings, found)
     tools = _tools(settings, found) if ANSWER in wanted or _tools_configured(settings) else None
     return ConfigReport(
         routes=effective_routes(rules),

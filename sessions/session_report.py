@@ -1,10 +1,11 @@
 """One session, everything idlehook knows of it: `idlehook show` and the session page render this.
 
-The store's part is `store.session_detail`; around it, the archive (`<results_dir>/<id>/`, as the
-`archive` plugin writes it) and at most two paced API reads, each made only when asked for and
-said in `api_reads`: the session itself (live status, usage and the model its tokens went to;
-also how a session the store never heard of is found), and one page of its latest events when
-no transcript was archived. A deleted session is never read: the API would answer 404.
+The store's part is `store.session_detail`; around it, the archive (`<results_dir>/<id>/`, or
+`<[archive] url>/<id>/` on an object store, as the `archive` plugin writes it) and at most two
+paced API reads, each made only when asked for and said in `api_reads`: the session itself
+(live status, usage and the model its tokens went to; also how a session the store never heard
+of is found), and one page of its latest events when no transcript was archived. A deleted
+session is never read: the API would answer 404.
 """
 
 import asyncio
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Engine
 
 from handlers.billing import Pricing, session_cost, token_usd
 from handlers.builtin.archive import _SAFE_ID, RESTS
+from handlers.builtin.archive_store import ArchiveStore, LocalStore, complete
 from handlers.spend import cap_from_metadata
 from sessions.metadata import RESERVED_PREFIX
 from sessions.tracked_view import status_label, user_metadata
@@ -52,21 +54,33 @@ class Transcript:
 
 @dataclass(frozen=True)
 class Archive:
-    path: str
+    path: str  # the folder: a local path, or a URL (`[archive] url`)
     result_json: bool
     events_jsonl: bool
     turn_results: int  # turns/<n>-result.json files
+    # A URL store's folder counts only once its marker is there and matches (written last):
+    # True/False there; None on the local directory, which keeps no marker.
+    complete: bool | None = None
 
     @classmethod
-    def at(cls, results_dir: Path, session_id: str) -> "Archive":
-        folder = results_dir / session_id
-        turns = folder / "turns"
-        count = sum(1 for _ in turns.glob("*-result.json")) if turns.is_dir() else 0
+    def at(cls, store: "ArchiveStore | Path", session_id: str) -> "Archive":
+        """What the archive holds of the session. Blocking (a remote store is read)."""
+        if isinstance(store, Path):
+            store = LocalStore(store)
+        keys = store.keys(session_id)
+        count = sum(
+            1 for k in keys if k.startswith(f"{session_id}/turns/") and k.endswith("-result.json")
+        )
+        whole: bool | None = None
+        if store.marked:
+            # Files without their marker are a write under way, or one that crashed: not yet.
+            whole = complete(store, session_id) is not None
         return cls(
-            str(folder),
-            (folder / "result.json").is_file(),
-            (folder / "events.jsonl").is_file(),
+            store.address(session_id),
+            f"{session_id}/result.json" in keys and whole is not False,
+            f"{session_id}/events.jsonl" in keys and whole is not False,
             count,
+            whole,
         )
 
 
@@ -240,11 +254,20 @@ def summarise(
     )
 
 
-def read_archived_events(path: Path) -> list[dict[str, Any]] | None:
-    """events.jsonl as written by `archive`; None when absent or unreadable."""
+def read_archived_events(
+    path: Path, store: ArchiveStore | None = None
+) -> list[dict[str, Any]] | None:
+    """events.jsonl as written by `archive` (`path`: its key in `store`, else a local file);
+    None when absent or unreadable."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        if store is None:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        else:
+            data = store.read(path.as_posix())
+            if data is None:
+                return None
+            lines = data.decode("utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
         return None
     events = []
     for line in lines:
@@ -309,12 +332,13 @@ async def build(
     engine: Engine,
     session_id: str,
     *,
-    results_dir: Path,
+    results_dir: Path | ArchiveStore,
     pricing: Pricing,
     client: anthropic.AsyncAnthropic | None,
     latest: int = 10,
 ) -> SessionReport:
-    """`client` None: the store and the archive only (`--no-api`, and the web page)."""
+    """`client` None: the store and the archive only (`--no-api`, and the web page).
+    `results_dir`: the local archive, or the archive's store (`archive_store.open_store`)."""
     detail = await asyncio.to_thread(session_detail.load, engine, session_id)
     t = detail.tracked
     reads: list[str] = []
@@ -333,10 +357,14 @@ async def build(
         notes.append("not in the store, and no API read was allowed")
     found = t is not None or detail.known or api_session is not None
 
-    archive = Archive.at(results_dir, session_id) if _safe(session_id) else None
+    store = LocalStore(results_dir) if isinstance(results_dir, Path) else results_dir
+    archive = None
+    if _safe(session_id):
+        archive = await asyncio.to_thread(Archive.at, store, session_id)
     transcript: Transcript | None = None
     if archive is not None and archive.events_jsonl:
-        events = read_archived_events(Path(archive.path) / "events.jsonl")
+        key = Path(session_id) / "events.jsonl"
+        events = await asyncio.to_thread(read_archived_events, key, store)
         if events is not None:
             transcript = summarise(events, source="archive", complete=True, latest=latest)
     if transcript is None and client is not None and api_session is not None:

@@ -52,7 +52,8 @@ class Cost(_Strict):
 
 
 class Archive(_Strict):
-    """Where `archive` wrote the session's files (on the worker's filesystem)."""
+    """Where `archive` wrote the session's files: paths on the worker's filesystem, or URLs
+    (e.g. `s3://bucket/prefix/<session>/events.jsonl`) when `[archive] url` is set."""
 
     directory: str
     transcript: str  # events.jsonl: every event, in order
@@ -92,16 +93,24 @@ def build_message(
     event: Notification,
     *,
     handler: str,
-    archive_dir: Path | None,
+    archive_dir: Path | str | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """The message for `result`, as JSON-ready values."""
+    """The message for `result`, as JSON-ready values. `archive_dir`: a local folder, or the
+    folder's URL (a str) when the archive is an object store."""
     archive = None
-    if archive_dir is not None:
+    if isinstance(archive_dir, Path):
         archive = Archive(
             directory=str(archive_dir),
             transcript=str(archive_dir / "events.jsonl"),
             result=str(archive_dir / "result.json"),
+        )
+    elif archive_dir is not None:
+        folder = archive_dir.rstrip("/")
+        archive = Archive(
+            directory=folder,
+            transcript=f"{folder}/events.jsonl",
+            result=f"{folder}/result.json",
         )
     return SessionResultMessage(
         schema_=SCHEMA,
@@ -136,11 +145,16 @@ def build_message(
     ).model_dump(mode="json", by_alias=True)
 
 
-def archive_dir(ctx: HandlerContext) -> Path | None:
+def archive_dir(ctx: HandlerContext) -> Path | str | None:
     """Where `archive` saved this session, if an `archive` run of this delivery succeeded
-    before this one (lane order: it finished first); else None."""
+    before this one (lane order: it finished first); else None. A URL (`[archive] url`) or a
+    path under `results_dir`."""
     done = any(r.handler == ARCHIVE and r.state == "succeeded" for r in ctx.prior_runs)
-    return ctx.config.results_dir / ctx.session_id if done else None
+    if not done:
+        return None
+    if ctx.config.archive_url:
+        return f"{ctx.config.archive_url.rstrip('/')}/{ctx.session_id}"
+    return ctx.config.results_dir / ctx.session_id
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -40,14 +40,16 @@ def register(subparsers: Any) -> None:
 
 
 async def _report(args: argparse.Namespace) -> "SessionReport":
+    from handlers.builtin.archive_store import open_store
     from idlehook import loading
     from sessions.session_report import build
 
     settings = loading.settings_from_args(args)
     engine = loading.open_engine(settings, pool_size=2)
     try:
+        archive = settings.archive
         common: dict[str, Any] = {
-            "results_dir": settings.results_dir,
+            "results_dir": open_store(settings.results_dir, archive.url, archive.storage_options),
             "pricing": settings.pricing(),
             "latest": max(0, args.events),
         }
