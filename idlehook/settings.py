@@ -9,7 +9,7 @@ handlers/config.py, since `handlers` never imports `idlehook`; the others are he
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -219,6 +219,24 @@ class RetentionSettings(Section):
         return value
 
 
+class TracingSettings(Section):
+    """`[tracing]`: OpenTelemetry spans (idlehook/tracing.py), off by default: a webhook's
+    receipt and commit in the receiver, its routing and each handler run in a worker, and the
+    API calls beneath, in one trace (the receipt's `traceparent` is kept with the delivery).
+    The standard `OTEL_*` variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `..._HEADERS`,
+    `OTEL_TRACES_SAMPLER`, `OTEL_SERVICE_NAME`, ...) apply where these leave a value unset."""
+
+    enabled: bool = False
+    # None: OTEL_SERVICE_NAME, else "idlehook".
+    service_name: str | None = None
+    # The collector's OTLP/HTTP base URL (e.g. "http://collector:4318"; `/v1/traces` is added
+    # unless given). None: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT / OTEL_EXPORTER_OTLP_ENDPOINT, else
+    # http://localhost:4318.
+    endpoint: str | None = None
+    # Only OTLP over HTTP with protobuf bodies ships (no gRPC stack in the install).
+    protocol: Literal["http/protobuf"] = "http/protobuf"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="IDLEHOOK_",
@@ -291,6 +309,7 @@ class Settings(BaseSettings):
     journal: JournalSettings = Field(default_factory=JournalSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     # `[plugins.<name>]`: each installed plugin's own table, validated by its `Config` model at
     # startup (handlers/registry.py) and given to it alone; the built-ins keep their sections.
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)

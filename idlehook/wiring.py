@@ -25,6 +25,7 @@ from console.web import web_routes
 from handlers.api import HandlerContext, Notification
 from handlers.builtin.answer import AnswerConfig, AnswerHandler
 from handlers.builtin.archive import ArchiveConfig, ArchiveHandler
+from handlers.builtin.archive_store import open_store
 from handlers.durations import parse_duration
 from handlers.events import STATUS_IDLED, STATUS_TYPES
 from handlers.marking import interruption_reader, session_marker
@@ -33,7 +34,7 @@ from handlers.registry import Registry
 from handlers.tools import confirm
 from handlers.tools.registry import ToolRegistry
 from handlers.worker import Worker
-from idlehook import config_check
+from idlehook import config_check, tracing
 from idlehook.errors import ConfigError as ConfigError  # defined without the SDK; re-exported
 from idlehook.loading import open_engine as open_engine  # re-exported: light, without the SDK
 from idlehook.loading import settings_from_args as settings_from_args
@@ -386,7 +387,9 @@ def service(
             *session_routes(
                 engine,
                 settings.api_token,
-                results_dir=settings.results_dir,
+                results_dir=open_store(
+                    settings.results_dir, settings.archive.url, settings.archive.storage_options
+                ),
                 pricing=settings.pricing(),
             ),
         ],
@@ -394,6 +397,8 @@ def service(
         on_new=work.worker.wake if work is not None else on_new,
         journal=journal(settings),
         journal_drain_seconds=settings.journal.drain_seconds,
+        # None unless [tracing]: spans go where this process's `tracing.configure` sent them.
+        tracer=tracing.tracer(settings),
     )
     # Only the Starlette part passes through middleware; the webhook path is dispatched first.
     app.add_middleware(RequestIdMiddleware)

@@ -13,6 +13,7 @@ from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 
 import structlog
+from opentelemetry.trace import Tracer
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -67,6 +68,7 @@ def create_app(
     debug: bool = False,
     journal: Journal | None = None,
     journal_drain_seconds: float = 1.0,
+    tracer: Tracer | None = None,
 ) -> ReceiverApp:
     """The receiver: webhook intake, /healthz, /readyz, /metrics, plus the caller's `routes`.
 
@@ -131,7 +133,9 @@ def create_app(
         now=now,
         every=config.key_refresh_seconds,
     )
-    app.intake = WebhookIntake(config, inbox, now, on_new, keys=keys, journal=journal)
+    app.intake = WebhookIntake(
+        config, inbox, now, on_new, keys=keys, journal=journal, tracer=tracer
+    )
     app.state.inbox = inbox
     app.state.journal = journal
     app.state.config = config

@@ -20,9 +20,10 @@ from datetime import datetime
 from typing import Any
 
 import structlog
+from opentelemetry.trace import Span, Tracer
 from starlette.types import Receive, Scope, Send
 
-from receiver import metrics
+from receiver import metrics, spans
 from receiver.config import ReceiverConfig
 from receiver.errors import (
     BadEvent,
@@ -80,6 +81,7 @@ class WebhookIntake:
         on_new: Callable[[], None] | None = None,
         keys: KeyRing | None = None,
         journal: Journal | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
         # The keys verified against: the environment's, plus the store's when the app's
@@ -95,17 +97,24 @@ class WebhookIntake:
         self.store_failing = False
         # Refused requests, for `idlehook status`: counted here, stored every few seconds.
         self.rejections = RejectionTally(getattr(inbox, "engine", None), now)
+        # `[tracing]` on: each request's spans (receiver/spans.py). None: a None check a step.
+        self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
+        tracer = self.tracer
+        span = None if tracer is None else spans.receive(tracer)
         if scope["method"] != "POST":
             await _respond(send, 405, _error_body("method_not_allowed"), [(b"allow", b"POST")])
+            spans.finished(span, "rejected", 405)
             return
         event_type = "unparsed"
+        commit: Span | None = None
         try:
             headers = _headers(scope)
             body = await _read_body(headers, receive, self.config.max_body_bytes)
             if body is None:
+                spans.finished(span, "disconnected")
                 return  # the client went away; nobody to answer
             now = self.now()
             verified = verify(
@@ -122,16 +131,22 @@ class WebhookIntake:
                 item = Unrecognised(
                     headers["webhook-id"], now.timestamp(), body, kept, key_index, exc.reason
                 )
+                if span is not None:
+                    spans.identified(span, item.message_id, UNRECOGNISED, None, kept)
                 outcome = await self._keep_unrecognised(item)
             else:
                 event_type = type_label(parsed.event_type)
+                session_id = session_id_for(parsed.event_type, parsed.resource_id)
+                if span is not None:
+                    # Its traceparent is kept with the delivery: routing continues this trace.
+                    spans.identified(span, parsed.event_id, parsed.event_type, session_id, kept)
                 # The delivery in its compact Row form (store/ingest.py), NewDelivery's fields
                 # in order.
                 row = (
                     parsed.event_id,
                     parsed.event_type,
                     parsed.resource_id,
-                    session_id_for(parsed.event_type, parsed.resource_id),
+                    session_id,
                     parsed.created_at.timestamp(),
                     now.timestamp(),
                     parsed.text,
@@ -139,17 +154,25 @@ class WebhookIntake:
                     key_index,
                     WEBHOOK,
                 )
+                if tracer is not None and span is not None:
+                    commit = spans.commit(tracer, span, parsed.event_id, session_id)
                 try:
                     result = await self.inbox.ingest_row(row)
                 except StoreUnavailable as exc:
+                    if commit is not None:
+                        spans.store_failed(commit, exc)
                     outcome = await self._journal(row, exc)
                 else:
                     self.store_failing = False
                     outcome = STORED if result.new else DUPLICATE
                     if result.new and self.on_new is not None:
                         self.on_new()
+                if commit is not None:
+                    spans.finished(commit, outcome)
         except ReceiverError as exc:
             await self._reject(send, exc, event_type)
+            if span is not None:
+                spans.rejected(span, commit, exc)
             return
         metrics.delivered(event_type, outcome)
         # No line per delivery: the inbox logs one per group commit naming every event in it
@@ -160,6 +183,8 @@ class WebhookIntake:
         await send({"type": "http.response.start", "status": status, "headers": answer.copy()})
         await send(_NO_BODY)
         metrics.ACK_SECONDS.observe(time.perf_counter() - started)
+        if span is not None:
+            spans.finished(span, outcome, status)
 
     async def _journal(self, record: Record, exc: StoreUnavailable) -> str:
         """The store could not commit `record`: the journal takes it (acknowledged, moved into

@@ -19,6 +19,7 @@ import httpx2 as httpx  # the SDK's own HTTP package (a fork of httpx)
 import structlog
 from anthropic import DEFAULT_CONNECTION_LIMITS, DefaultAsyncHttpxClient
 from httpx2._utils import get_environment_proxies
+from opentelemetry import trace
 
 from sessions.metrics import API_PACED_CALLS
 from sessions.pacing import Pacer
@@ -26,6 +27,8 @@ from sessions.retry_after import retry_after_seconds
 
 log = structlog.get_logger(__name__)
 
+# idlehook's spans are made under this name (idlehook/tracing.py).
+TRACER_SCOPE = "idlehook"
 RateClass = Literal["create", "read"]
 # The resources whose calls the API counts: creating one is "create", anything else "read".
 RATED = frozenset({"agents", "sessions", "vaults"})
@@ -54,10 +57,32 @@ class PacedTransport(httpx.AsyncBaseTransport):
         self.pacer = pacer
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # One client span per HTTP request (`[tracing]`), under the SDK's span of the API call
+        # (the SDK's httpx fork is out of the httpx instrumentation's sight). Method, URL
+        # without its query, status: never a header (the API key) or a body.
+        url = request.url
+        with trace.get_tracer(TRACER_SCOPE).start_as_current_span(
+            request.method,
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "http.request.method": request.method,
+                "url.full": f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}",
+                "server.address": url.host,
+            },
+        ) as span:
+            response = await self._send(request, span)
+            span.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= 400:
+                span.set_status(trace.StatusCode.ERROR)
+            return response
+
+    async def _send(self, request: httpx.Request, span: trace.Span) -> httpx.Response:
         kind = rate_class(request.method, request.url.path)
         if kind is None:
             return await self.inner.handle_async_request(request)
+        span.set_attribute("idlehook.rate_class", kind)
         await self.pacer.acquire(kind)
+        span.add_event("idlehook.paced")  # the wait for the shared budget's slot ends here
         API_PACED_CALLS.labels(kind).inc()
         response = await self.inner.handle_async_request(request)
         if response.status_code == 429:

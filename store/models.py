@@ -64,6 +64,13 @@ class RunState(StrEnum):
 UNFINISHED_STATES = (RunState.PENDING, RunState.RUNNING, RunState.FAILED)
 
 
+# The kept header holding the W3C trace context of a delivery's receipt (`[tracing]` on): the
+# worker's spans continue that trace. A request's own `traceparent` is never kept, so only the
+# receiver sets it. No migration: the kept headers are a JSON column, and they travel the
+# writer pipe, the journal and its drain as they are.
+TRACEPARENT = "traceparent"
+
+
 class Delivery(SQLModel, table=True):
     """One webhook notification as received (or synthesised by the reconciler)."""
 
@@ -80,6 +87,8 @@ class Delivery(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, sa_column=ts_column(False, index=True))
     source: str = Field(default=Source.WEBHOOK, max_length=20)
     body: str = Field(sa_column=sa.Column(sa.Text(), nullable=False))
+    # The request's kept headers (receiver/intake.py), plus TRACEPARENT when its receipt was
+    # traced.
     headers: dict[str, str] = Field(default_factory=dict, sa_column=json_column())
     # Which signing key matched: an environment key's index; a stored key's id, negated.
     secret_index: int | None = None

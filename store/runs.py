@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from store.engine import is_sqlite
-from store.models import Delivery, HandlerRun, RunState, TrackedSession
+from store.models import TRACEPARENT, Delivery, HandlerRun, RunState, TrackedSession
 
 # The worker's routing step, queued behind each new delivery (store/ingest.py): bookkeeping,
 # not a plugin. The one definition; the ingest SQL, the worker and the page import it.
@@ -71,6 +71,9 @@ class DeliveryView:
     source: str
     received_at: datetime
     event_created_at: datetime | None
+    # The W3C trace context of the webhook's receipt (kept headers' `traceparent`, set only
+    # when the receiver traced it): the worker's spans continue that trace.
+    traceparent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -454,6 +457,7 @@ class RunStore:
             source=row.source,
             received_at=row.received_at,
             event_created_at=row.event_created_at,
+            traceparent=(row.headers or {}).get(TRACEPARENT),
         )
 
     def prior_runs(self, delivery_id: int, position: int) -> list[PriorRun]:

@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     import gc
 
-    from idlehook import config_check, supervise, wiring
+    from idlehook import config_check, supervise, tracing, wiring
     from idlehook.logs import configure_logging
     from receiver import server
     from receiver.http_guard import HttpLimits
@@ -66,6 +66,8 @@ def run_serve(args: argparse.Namespace) -> int:
     # A long-lived server reconfigures nothing later, so its loggers may cache their pipeline
     # (main() configures uncached for tests); every delivery logs a line, so this is hot.
     configure_logging(json=True if args.log_json else settings.json_logs, cache=True)
+    # `[tracing]`: this process's provider (its worker process installs its own).
+    tracing.configure(settings, role="receiver")
     # No key at all: refused before anything else starts, in one line (the store's keys count,
     # so the schema is brought up to date first).
     engine = wiring.open_engine(settings)
@@ -105,6 +107,7 @@ def run_serve(args: argparse.Namespace) -> int:
         started = server.run(config)
     finally:
         svc.inbox.close()  # no writer process outlives the receiver; disposes the engine too
+        tracing.shutdown()  # the last spans out
     return 0 if started else 3  # uvicorn's own exit code for a server that never started
 
 

@@ -63,7 +63,7 @@ def register(subparsers: Any) -> None:
 def run_worker(args: argparse.Namespace) -> int:
     import asyncio
 
-    from idlehook import wiring
+    from idlehook import tracing, wiring
 
     settings = wiring.settings_from_args(args)
     if args.concurrency is not None:
@@ -72,10 +72,13 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.sweeps and args.drain:
         raise wiring.ConfigError("--sweeps runs until stopped; it cannot be combined with --drain")
     engine = wiring.open_engine(settings)
+    # `[tracing]`: each process its own provider (serve's receiver has one of its own).
+    tracing.configure(settings, role="worker")
     try:
         asyncio.run(_work(settings, engine, args))
     finally:
         engine.dispose()
+        tracing.shutdown()  # the last spans out
     return 0
 
 
