@@ -90,6 +90,8 @@ class SharedConfig:
     pricing: Pricing = field(default_factory=Pricing)
     # This instance's name, stamped as metadata `idlehook_owner` on the sessions it launches.
     owner: str = "idlehook"
+    # `[archive] url` (no password in it): where the archive writes instead of `results_dir`.
+    archive_url: str | None = None
 
 
 class SessionMarker(Protocol):
@@ -112,7 +114,15 @@ class Handler(Protocol):
 
     Loaded from an entry point, a class with a `Config` class attribute (a pydantic model) is
     built as `Plugin(config)`, its `[plugins.<name>]` table validated against `Config` at
-    startup; one without `Config` is built as `Plugin()` and may have no table."""
+    startup; one without `Config` is built as `Plugin()` and may have no table.
+
+    Optional: `async def aclose(self) -> None`, for a plugin that holds something open (a
+    broker connection, a client session). The worker awaits it once each time it stops (serve's
+    worker process, `idlehook worker`, `--drain` done), after its in-flight runs finished, with
+    `handlers.worker.PLUGIN_CLOSE_SECONDS` for it; whatever it raises is logged, not raised. It
+    is not part of this Protocol (a plugin without it is still a handler). A worker may run
+    again after it (a test's repeated drains): open lazily, at the next `handle`, not in
+    `__init__` (the `publish_*` plugins do, handlers/builtin/publisher.py)."""
 
     name: str
 

@@ -12,7 +12,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from handlers.registry import Registry
 from handlers.retry import PermanentError, next_attempt
 from handlers.route_rules import candidate_rules
 from handlers.routing import route_delivery
+from handlers.spans import RunSpans
 from handlers.twins import late_duplicate
 from handlers.wakes import wake_reader
 from store import delivered
@@ -47,6 +48,10 @@ READS_TTL_SECONDS = 60.0
 READS_KEPT = 64
 # After a failed claim (the store is down), the next try comes this much later.
 CLAIM_RETRY_SECONDS = 1.0
+# How long each plugin's `aclose` may take when the worker stops (all close at once): a broker
+# that does not answer must not hold up a shutdown that serve ends with SIGKILL after 20 s
+# (idlehook/supervise.py), and the process's exit drops whatever is still open.
+PLUGIN_CLOSE_SECONDS = 5.0
 
 
 def default_worker_id() -> str:
@@ -84,6 +89,7 @@ class Worker:
         now: Callable[[], datetime] = utcnow,
         worker_id: str | None = None,
         sessions: SessionStore | None = None,
+        close_plugins: bool = True,
     ) -> None:
         self.store = store
         self.sessions = sessions or SessionStore(store.engine)
@@ -92,6 +98,9 @@ class Worker:
         self.settings = settings
         self.now = now
         self.worker_id = worker_id or default_worker_id()
+        # False: whoever built the worker closes the plugins itself (`close_plugins()`), as
+        # idlehook.testing's harness does once after many `run(drain=True)`.
+        self._closes_plugins = close_plugins
         self._mark = session_marker(self.sessions, now)
         self._interruption = interruption_reader(self.sessions)
         self._woken = wake_reader(store.engine)
@@ -105,6 +114,8 @@ class Worker:
         self._reads: collections.OrderedDict[int, tuple[float, DeliveryReads]] = (
             collections.OrderedDict()
         )
+        # Each run's span (`[tracing]`); the recent routing spans, parents of their handlers'.
+        self._spans = RunSpans(READS_KEPT)
         unknown = {h for rule in settings.routes for h in rule.handlers} - set(registry.names())
         if unknown:
             log.warning("worker.routes_name_missing_handlers", handlers=sorted(unknown))
@@ -184,7 +195,30 @@ class Worker:
         finally:
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
+            if self._closes_plugins:
+                await self.close_plugins()  # after the last run: none of them is in use
             log.info("worker.stopped", worker_id=self.worker_id)
+
+    async def close_plugins(self) -> None:
+        """Await each plugin's optional `aclose()` (handlers/api.py), all at once, each within
+        `PLUGIN_CLOSE_SECONDS`. A failure or a timeout is logged, never raised: one plugin must
+        not keep the others open, nor turn a clean stop into a crash. `run` calls it once its
+        in-flight runs have finished, unless the worker was built with `close_plugins=False`."""
+        closers = [
+            (name, close)
+            for name in self.registry.names()
+            if callable(close := getattr(self.registry.get(name), "aclose", None))
+        ]
+        if closers:
+            await asyncio.gather(*(self._close_one(name, close) for name, close in closers))
+
+    async def _close_one(self, name: str, close: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await asyncio.wait_for(close(), PLUGIN_CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning("worker.plugin_close_timeout", handler=name, seconds=PLUGIN_CLOSE_SECONDS)
+        except Exception as exc:
+            log.warning("worker.plugin_close_failed", handler=name, error=describe_error(exc))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -207,7 +241,14 @@ class Worker:
     # -- one run ----------------------------------------------------------------------------------
 
     async def _execute(self, run: ClaimedRun) -> None:
-        bound = log.bind(run_id=run.id, handler=run.handler, lane=run.lane, attempt=run.attempts)
+        # The worker's id too: with several workers on one store, which one ran it.
+        bound = log.bind(
+            run_id=run.id,
+            handler=run.handler,
+            lane=run.lane,
+            attempt=run.attempts,
+            worker_id=self.worker_id,
+        )
         started = time.monotonic()
         work = asyncio.create_task(self._attempt(run, bound))
         keeper = asyncio.create_task(self._keep_lease(run, bound))
@@ -253,13 +294,14 @@ class Worker:
         --unmatched`) or call the plugin (nothing to add); raise to fail."""
         if run.attempts > self.settings.worker.max_attempts:
             raise PermanentError("lease expired on the last attempt (worker died?)")
-        if run.handler == ROUTE_HANDLER:
-            return await self._route(run, bound)
-        await self._call_plugin(run, bound)
-        return [], None
-
-    async def _route(self, run: ClaimedRun, bound: Any) -> tuple[list[str], str]:
         delivery = await asyncio.to_thread(self.store.delivery, run.delivery_id)
+        with self._spans.run(run.handler, delivery, run.attempts):
+            if run.handler == ROUTE_HANDLER:
+                return await self._route(delivery, bound)
+            await self._call_plugin(run, delivery, bound)
+            return [], None
+
+    async def _route(self, delivery: DeliveryView, bound: Any) -> tuple[list[str], str]:
         if delivery.event_type not in DELETED_TYPES and await self._deleted(delivery.session_id):
             # A late notification about a session already deleted: every handler would 404.
             metrics.NOTIFICATIONS.labels(
@@ -351,11 +393,10 @@ class Worker:
             self._reads.popitem(last=False)
         return reads
 
-    async def _call_plugin(self, run: ClaimedRun, bound: Any) -> None:
+    async def _call_plugin(self, run: ClaimedRun, delivery: DeliveryView, bound: Any) -> None:
         handler = self.registry.get(run.handler)
         if handler is None:
             raise PermanentError(f"no handler named {run.handler!r} is installed or allowed")
-        delivery = await asyncio.to_thread(self.store.delivery, run.delivery_id)
         prior = await asyncio.to_thread(self.store.prior_runs, run.delivery_id, run.position)
         ctx = HandlerContext(
             event=_notification(delivery),

@@ -12,7 +12,8 @@ for a worker process. Serve and the child share a pipe, `--parent-fd`:
                      in-flight runs `ORPHAN_GRACE_SECONDS`, then exits (their leases cover them)
 
 A supervisor thread in serve waits on the child and starts another after a pause when it dies
-(growing while it keeps dying young). Stopping sends SIGTERM (in-flight runs finish), then
+(growing while it keeps dying young). Stopping sends SIGTERM (in-flight runs finish, then the
+worker awaits each plugin's `aclose`, handlers/api.py, up to `PLUGIN_CLOSE_SECONDS`), then
 SIGKILL after `stop_seconds`. Nothing here runs on the receiver's event loop: `wake` is one
 non-blocking write.
 """
@@ -36,10 +37,12 @@ STOP_GRACE_S = 2.0
 # time, from the first to the last; one that lived longer is restarted at once.
 HEALTHY_AFTER_SECONDS = 30.0
 RESTART_PAUSES = (0.5, 30.0)
-# SIGTERM, then this long for in-flight runs to finish, then SIGKILL (systemd's TimeoutStopSec
-# and k8s's terminationGracePeriodSeconds should be longer).
+# SIGTERM, then this long for in-flight runs to finish and the plugins to close (at most
+# handlers.worker.PLUGIN_CLOSE_SECONDS of it), then SIGKILL (systemd's TimeoutStopSec and k8s's
+# terminationGracePeriodSeconds should be longer).
 STOP_SECONDS = 20.0
-# The child, once serve is gone: how long its in-flight runs get before it exits anyway.
+# The child, once serve is gone: how long its in-flight runs (and then its plugins' `aclose`)
+# get before it exits anyway; what is still open then is dropped with the process.
 ORPHAN_GRACE_SECONDS = 3.0
 # The child wakes its worker at most this often, however many bytes serve writes.
 WAKE_SPACING_SECONDS = 0.25

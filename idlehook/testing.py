@@ -18,7 +18,9 @@ session scripted by `script` (the emulator's scripts: `end_turn`, `long:N`, `too
 the worker until that delivery is done: the routing step (which reads the session and its
 transcript, as in production), then the plugin, once. A plugin class is built from `config`
 exactly as at startup (its `Config` validates the table); a plugin that raises is dead-lettered
-at once here (in production it is retried with backoff first).
+at once here (in production it is retried with backoff first). A plugin's optional
+`async def aclose(self)` (handlers/api.py: the worker awaits it when it stops) is awaited once,
+as the harness exits, after all its runs; a failure there is logged, as in production.
 
 `sink` is an HTTP endpoint on loopback that records what it is sent: a stand-in for the service
 a plugin posts to.
@@ -104,6 +106,11 @@ class _Probe:
             await self.plugin.handle(ctx)
         finally:
             self.active = False
+
+    async def aclose(self) -> None:
+        close = getattr(self.plugin, "aclose", None)
+        if callable(close):
+            await close()
 
 
 @dataclass
@@ -258,17 +265,22 @@ async def harness(
                     http_client=http,
                 ) as client:
                     store = RunStore(engine)
-                    yield Harness(
-                        plugin=instance,
-                        emulator_url=url,
-                        client=client,
-                        config=shared_config(settings),
-                        _worker=Worker(store, Registry([probe]), client, settings),
-                        _store=store,
-                        _sessions=SessionStore(engine),
-                        _probe=probe,
-                        _calls=calls,
-                    )
+                    # Each `run` drains the worker; the plugin is closed once, at the end.
+                    worker = Worker(store, Registry([probe]), client, settings, close_plugins=False)
+                    try:
+                        yield Harness(
+                            plugin=instance,
+                            emulator_url=url,
+                            client=client,
+                            config=shared_config(settings),
+                            _worker=worker,
+                            _store=store,
+                            _sessions=SessionStore(engine),
+                            _probe=probe,
+                            _calls=calls,
+                        )
+                    finally:
+                        await worker.close_plugins()
         finally:
             engine.dispose()
 

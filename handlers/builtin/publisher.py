@@ -89,8 +89,7 @@ class Publisher(Generic[C, Conn]):
         ctx.log.info(f"{self.name}.published", message_id=message_id, **receipt)
 
     async def aclose(self) -> None:
-        """Close the connection (for a host that stops its plugins; idlehook's worker does not
-        yet, and a process that exits drops it anyway)."""
+        """Close the connection: the worker calls it once as it stops (handlers/worker.py)."""
         await self._drop()
 
     async def _connection(self) -> Conn:
