@@ -515,6 +515,7 @@ def test_silent_connections_past_the_cap_are_cut_and_never_lock_anyone_out(
     _, ours = server.raise_open_file_limit()  # this process holds the 1,100 client ends
     if ours is not None and ours < 1400:
         pytest.skip(f"the test process may open {ours} files; it needs 1,400")
+    first_opened = time.monotonic()
     held = [served.connect() for _ in range(1100)]
     last_opened = time.monotonic()
     try:
@@ -529,12 +530,15 @@ def test_silent_connections_past_the_cap_are_cut_and_never_lock_anyone_out(
                 waits.append(deliver(http, f"wevt_silent_{i}"))
         probed_in = time.monotonic() - last_opened
         open_after_probes = sum(not closed_by_server(sock) for sock in held)
+        # Counted before the first connection could reach the header timeout: only the cap
+        # closed any (on a loaded machine, opening 1,100 can take longer than the timeout).
+        within_timeout = time.monotonic() - first_opened < HEADER_TIMEOUT
         print(
             f"silent 1,100: healthz + delivery p99 {p99(waits) * 1000:.1f} ms, "
             f"{open_after_probes} still held after {probed_in:.2f} s"
         )
         assert p99(waits) < 0.1, f"p99 {p99(waits) * 1000:.1f} ms"
-        if probed_in < HEADER_TIMEOUT:  # the probes ran while the cap's worth was held
+        if within_timeout:  # the probes ran while the cap's worth was held
             assert open_after_probes >= CAP - 40, open_after_probes
         # Everyone silent is gone within the header timeout of the last one's arrival.
         wait_for(
