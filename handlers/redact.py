@@ -14,7 +14,9 @@ from typing import Any
 from structlog.typing import EventDict, WrappedLogger
 
 _SECRET_KEY = re.compile(
-    r"(api[_-]?key|token|secret|signing[_-]?key|authorization|password|webhook-signature)",
+    r"(api[_-]?key|token|secret|signing[_-]?key|authorization|password|webhook-signature"
+    # Object-store credentials (`[archive] storage_options`): s3fs names its access key `key`.
+    r"|access[_-]?key|private[_-]?key|credential|^key$)",
     re.IGNORECASE,
 )
 _SECRET_VALUE = re.compile(r"(whsec_[A-Za-z0-9+/=]{8,}|sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+)")
