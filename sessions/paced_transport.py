@@ -49,6 +49,30 @@ def rate_class(method: str, path: str) -> RateClass | None:
     return "create" if method.upper() == "POST" and len(rest) == 1 else "read"
 
 
+def session_in_path(path: str) -> str | None:
+    """`/v1/sessions/sesn_1/events` -> "sesn_1": the session a call is about, whoever made it
+    (a handler, the reaper, the reconciler, a follow-up)."""
+    parts = path.split("?", 1)[0].strip("/").split("/")
+    if "v1" not in parts:
+        return None
+    rest = parts[parts.index("v1") + 1 :]
+    return rest[1] if len(rest) >= 2 and rest[0] == "sessions" and rest[1] else None
+
+
+def _request_attributes(request: httpx.Request) -> dict[str, str]:
+    url = request.url
+    attributes = {
+        "http.request.method": request.method,
+        "url.full": f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}",
+        "server.address": url.host,
+    }
+    session_id = session_in_path(url.path)
+    if session_id is not None:
+        # Every API call about a session can be found by it, in any process's trace.
+        attributes["idlehook.session_id"] = session_id
+    return attributes
+
+
 class PacedTransport(httpx.AsyncBaseTransport):
     """Wait for `pacer`'s slot before each rated request; after a 429, push its class back."""
 
@@ -60,29 +84,27 @@ class PacedTransport(httpx.AsyncBaseTransport):
         # One client span per HTTP request (`[tracing]`), under the SDK's span of the API call
         # (the SDK's httpx fork is out of the httpx instrumentation's sight). Method, URL
         # without its query, status: never a header (the API key) or a body.
-        url = request.url
         with trace.get_tracer(TRACER_SCOPE).start_as_current_span(
-            request.method,
-            kind=trace.SpanKind.CLIENT,
-            attributes={
-                "http.request.method": request.method,
-                "url.full": f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}",
-                "server.address": url.host,
-            },
+            request.method, kind=trace.SpanKind.CLIENT
         ) as span:
+            recording = span.is_recording()  # tracing off: no attribute is even built
+            if recording:
+                span.set_attributes(_request_attributes(request))
             response = await self._send(request, span)
-            span.set_attribute("http.response.status_code", response.status_code)
-            if response.status_code >= 400:
-                span.set_status(trace.StatusCode.ERROR)
+            if recording:
+                span.set_attribute("http.response.status_code", response.status_code)
+                if response.status_code >= 400:
+                    span.set_status(trace.StatusCode.ERROR)
             return response
 
     async def _send(self, request: httpx.Request, span: trace.Span) -> httpx.Response:
         kind = rate_class(request.method, request.url.path)
         if kind is None:
             return await self.inner.handle_async_request(request)
-        span.set_attribute("idlehook.rate_class", kind)
         await self.pacer.acquire(kind)
-        span.add_event("idlehook.paced")  # the wait for the shared budget's slot ends here
+        if span.is_recording():
+            span.set_attribute("idlehook.rate_class", kind)
+            span.add_event("idlehook.paced")  # the wait for the shared budget's slot ends here
         API_PACED_CALLS.labels(kind).inc()
         response = await self.inner.handle_async_request(request)
         if response.status_code == 429:

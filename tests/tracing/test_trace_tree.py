@@ -151,6 +151,8 @@ def test_one_delivery_is_one_span_tree_from_receipt_to_api_calls(
     assert any(u.endswith(f"/v1/sessions/{sid}/events") for u in urls), urls
     requests = [x for x in below_route if x.kind is trace.SpanKind.CLIENT and x.name == "GET"]
     assert requests
+    # Each request names the session it is about, so any process's calls for it can be found.
+    assert {(x.attributes or {}).get(SESSION_ID) for x in requests} == {sid}
     # Each under its SDK call span, not directly under routing.
     assert all(x.parent is not None and x.parent.span_id != route.context.span_id for x in requests)
     assert {x.name for x in below_route} >= {
