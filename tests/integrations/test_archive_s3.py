@@ -1,7 +1,8 @@
 """The archive on S3 (`[archive] url = "s3://bucket/prefix"`), end to end: moto's S3 server on
-loopback, the whole service (`wiring.service`, as `idlehook serve` builds it) and a second
-worker with its own engine and client on the same SQLite store, both archiving to one bucket.
-Half the sessions have every webhook sent twice.
+loopback, the whole service (`wiring.service`, as `idlehook serve` builds it) and more workers,
+each with its own engine and client, on the same SQLite store, all archiving to one bucket:
+the service's worker alone, then a second alone, then the second and a third at once. The later
+sessions have every webhook sent twice.
 
 Read back with an independent client (boto3): each session's folder holds its transcript once
 (events.jsonl equal to the emulator's transcript), its results and a marker that matches the
@@ -150,16 +151,26 @@ def test_two_workers_archive_each_session_once_to_s3(
             archive=archive,
             worker=WorkerSettings(poll_seconds=0.1, backoff_base_seconds=0.1),
         ) as running,
-        SecondWorker(running),
     ):
         s = running.view(Stack)
-        once = s.launch("end_turn", 3) + s.launch("terminate", 1)
-        s.emulator.apply_config({"faults": {"duplicate": 1.0}})
-        twice = s.launch("end_turn", 3) + s.launch("terminate", 1)
-        ids = once + twice
-        wait_for(lambda: s.settled(ids), timeout=90)
-        wait_for(lambda: s.emulator.sender.pending() == 0, timeout=30)
-        assert s.duplicates() >= len(twice)  # the second half's webhooks came twice
+        # Each phase's sessions are archived by the workers running then: the service's alone,
+        # then a second worker alone (so two workers certainly wrote to the bucket), then that
+        # one and a third at once, with every webhook sent twice.
+        alone = s.launch("end_turn", 2) + s.launch("terminate", 1)
+        wait_for(lambda: s.settled(alone), timeout=90)
+        assert s.svc.worker is not None
+        s.svc.worker.stop()
+        with SecondWorker(running):
+            s.emulator.apply_config({"faults": {"duplicate": 1.0}})
+            second = s.launch("end_turn", 2)
+            wait_for(lambda: s.settled(second), timeout=90)
+            with SecondWorker(running):
+                both = s.launch("end_turn", 3) + s.launch("terminate", 1)
+                twice = second + both
+                ids = alone + twice
+                wait_for(lambda: s.settled(ids), timeout=90)
+                wait_for(lambda: s.emulator.sender.pending() == 0, timeout=30)
+        assert s.duplicates() >= len(twice)  # the later phases' webhooks came twice
         transcripts = {sid: s.transcript(sid) for sid in ids}
         engine = s.svc.engine
         report = asyncio.run(
