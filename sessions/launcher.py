@@ -23,6 +23,7 @@ from typing import Any
 import anthropic
 import structlog
 from anthropic import AsyncAnthropic
+from opentelemetry import trace
 from pydantic import (
     AliasChoices,
     BaseModel,
@@ -39,6 +40,7 @@ from sessions.budget_raise import RaisedBudget, raise_budget
 from sessions.followups import FollowUpResult, FollowUps
 from sessions.launch_retry import decide_launch_retry, retry_delay
 from sessions.metadata import IDEMPOTENCY_KEY, MetadataError, build_metadata, parse_pairs
+from sessions.paced_transport import TRACER_SCOPE
 from store.launches import LaunchStore, NewLaunch
 from store.models import Launch, LaunchState, utcnow
 from store.sessions import Launched, SessionStore, SessionUpdate
@@ -494,7 +496,17 @@ class Launcher:
         bound = structlog.contextvars.bound_contextvars(
             launch_id=launch.id, idempotency_key=launch.idempotency_key
         )
-        with bound:
+        # `[tracing]`: the launch's span, the create call beneath it; the session id once known,
+        # so the session's later traces (its webhooks, runs, API calls) join it by that tag.
+        span = trace.get_tracer(TRACER_SCOPE).start_as_current_span(
+            "session.launch",
+            attributes={
+                "idlehook.launch_id": launch.id,
+                "idlehook.idempotency_key": launch.idempotency_key,
+                "idlehook.attempt": launch.attempts,
+            },
+        )
+        with bound, span as current:
             try:
                 warnings = await self._preflight(prepared)
                 version = prepared.agent_version or await self._resolve_agent(prepared.agent_id)
@@ -523,10 +535,12 @@ class Launcher:
                 sent = True
                 session = await self.client.beta.sessions.create(**prepared.create_params(version))
             except LaunchRejected as exc:
+                current.set_status(trace.StatusCode.ERROR, "rejected")
                 log.warning("launch.rejected", error=str(exc))
                 await self._fail(launch, owner, prepared, str(exc), first_attempt, unknown=False)
                 return
             except Exception as exc:
+                current.set_status(trace.StatusCode.ERROR, type(exc).__name__)
                 refusal = budget.api_refusal(exc)
                 if refusal is not None:
                     # A 400 is a clear "not created", and asking again changes nothing.
@@ -538,6 +552,7 @@ class Launcher:
                 await self._after_error(launch, owner, prepared, exc, sent, first_attempt)
                 return
             log.info("launch.created", session_id=session.id, agent_version=version)
+            current.set_attribute("idlehook.session_id", session.id)
             await self._complete(launch.id, owner, prepared, session)
 
     async def _after_error(

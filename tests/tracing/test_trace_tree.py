@@ -172,6 +172,21 @@ def test_one_delivery_is_one_span_tree_from_receipt_to_api_calls(
         ("DELETE", f"sessions/{sid}"),
     }, calls
 
+    # The launch that made the session: its span names the session, the create call beneath.
+    [launch] = [
+        x
+        for x in spans
+        if x.name == "session.launch" and (x.attributes or {}).get(SESSION_ID) == sid
+    ]
+    creates = [
+        x
+        for x in descendants(launch, spans)
+        if x.kind is trace.SpanKind.CLIENT
+        and x.name == "POST"
+        and str((x.attributes or {}).get("url.full", "")).endswith("/v1/sessions")
+    ]
+    assert len(creates) == 1, [x.name for x in descendants(launch, spans)]
+
     # Every idlehook span names the event and the session.
     for x in tree:
         if x.name in IDLEHOOK_SPANS:
