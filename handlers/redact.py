@@ -56,3 +56,14 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
     return {
         key: REDACTED if _is_secret_key(key) else _scrub(value) for key, value in event_dict.items()
     }
+
+
+MAX_ERROR_CHARS = 2000
+
+
+def describe_error(exc: BaseException, limit: int = MAX_ERROR_CHARS) -> str:
+    """One trimmed line for a stored error, a tool's error result or a span's status: type and
+    message, secrets masked; never a traceback, never frame locals."""
+    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    masked = str(redact_secrets(None, "", {"error": text})["error"])
+    return masked[:limit]

@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from handlers.redact import describe_error
 from store.runs import ROUTE_HANDLER, DeliveryView
 
 SCOPE = "idlehook"
@@ -67,10 +68,20 @@ class RunSpans:
             ROUTE_SPAN if routing else HANDLER_SPAN,
             context=parent if parent is not None else receipt_context(delivery.traceparent),
             attributes=attributes,
+            # Not OpenTelemetry's own: it exports str(exc) and the traceback unmasked, and a
+            # plugin's error may hold a token or a broker URL. The worker's masked text instead.
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             if routing and span.get_span_context().is_valid:
                 self._keep(delivery.id, trace.set_span_in_context(span, Context()))
-            yield span
+            try:
+                yield span
+            except BaseException as exc:
+                if span.is_recording():
+                    span.set_status(trace.StatusCode.ERROR, describe_error(exc))
+                    span.set_attribute("error.type", type(exc).__name__)
+                raise
 
     def _keep(self, delivery_id: int, context: Context) -> None:
         self._routes.pop(delivery_id, None)

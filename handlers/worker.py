@@ -27,7 +27,7 @@ from handlers.events import DELETED_TYPES, STATUS_TYPES, is_known
 from handlers.marking import interruption_reader, session_marker
 from handlers.plugin_config import shared_config
 from handlers.reads import DeliveryReads
-from handlers.redact import redact_secrets
+from handlers.redact import describe_error
 from handlers.registry import Registry
 from handlers.retry import PermanentError, next_attempt
 from handlers.route_rules import candidate_rules
@@ -42,7 +42,6 @@ from store.sessions import SessionStore, SessionUpdate
 
 log = structlog.get_logger(__name__)
 
-MAX_ERROR_CHARS = 2000
 # A delivery's shared reads: kept for this long, and for this many recent deliveries.
 READS_TTL_SECONDS = 60.0
 READS_KEPT = 64
@@ -56,13 +55,6 @@ PLUGIN_CLOSE_SECONDS = 5.0
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def describe_error(exc: BaseException) -> str:
-    """One trimmed line for `last_error`: type and message, secrets masked."""
-    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    masked = str(redact_secrets(None, "", {"error": text})["error"])
-    return masked[:MAX_ERROR_CHARS]
 
 
 def _notification(delivery: DeliveryView) -> Notification:
@@ -217,6 +209,13 @@ class Worker:
             await asyncio.wait_for(close(), PLUGIN_CLOSE_SECONDS)
         except TimeoutError:
             log.warning("worker.plugin_close_timeout", handler=name, seconds=PLUGIN_CLOSE_SECONDS)
+        except asyncio.CancelledError:
+            # A plugin's own cancellation (its client cancelled a task it awaited): the stop
+            # goes on. The worker's own cancellation still arrives at its next await.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            log.warning("worker.plugin_close_failed", handler=name, error="cancelled")
         except Exception as exc:
             log.warning("worker.plugin_close_failed", handler=name, error=describe_error(exc))
 

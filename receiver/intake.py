@@ -131,8 +131,8 @@ class WebhookIntake:
                 item = Unrecognised(
                     headers["webhook-id"], now.timestamp(), body, kept, key_index, exc.reason
                 )
-                if span is not None:
-                    spans.identified(span, item.message_id, UNRECOGNISED, None, kept)
+                if span is not None:  # kept raw as received: no trace context added to it
+                    spans.identified(span, item.message_id, UNRECOGNISED, None, None)
                 outcome = await self._keep_unrecognised(item)
             else:
                 event_type = type_label(parsed.event_type)

@@ -31,16 +31,20 @@ def receive(tracer: Tracer) -> Span:
 
 
 def identified(
-    span: Span, event_id: str, event_type: str, session_id: str | None, kept: dict[str, str]
+    span: Span,
+    event_id: str,
+    event_type: str,
+    session_id: str | None,
+    kept: dict[str, str] | None,
 ) -> None:
     """The verified event's names on the span, and its trace context into `kept` (the
-    delivery's stored headers, a fresh dict per request)."""
+    delivery's stored headers, a fresh dict per request; None: nothing is routed from it)."""
     span.set_attribute(EVENT_ID, event_id)
     span.set_attribute(EVENT_TYPE, event_type)
     if session_id is not None:
         span.set_attribute(SESSION_ID, session_id)
     context = span.get_span_context()
-    if context.is_valid:
+    if kept is not None and context.is_valid:
         kept[TRACEPARENT] = (
             f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
         )

@@ -85,12 +85,22 @@ class PacedTransport(httpx.AsyncBaseTransport):
         # (the SDK's httpx fork is out of the httpx instrumentation's sight). Method, URL
         # without its query, status: never a header (the API key) or a body.
         with trace.get_tracer(TRACER_SCOPE).start_as_current_span(
-            request.method, kind=trace.SpanKind.CLIENT
+            request.method,
+            kind=trace.SpanKind.CLIENT,
+            # An exception's text may carry a URL with its query; the class says enough here.
+            record_exception=False,
+            set_status_on_exception=False,
         ) as span:
             recording = span.is_recording()  # tracing off: no attribute is even built
             if recording:
                 span.set_attributes(_request_attributes(request))
-            response = await self._send(request, span)
+            try:
+                response = await self._send(request, span)
+            except BaseException as exc:
+                if recording:
+                    span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
+                    span.set_attribute("error.type", type(exc).__name__)
+                raise
             if recording:
                 span.set_attribute("http.response.status_code", response.status_code)
                 if response.status_code >= 400:

@@ -19,7 +19,7 @@ from anthropic import AsyncAnthropic
 from anthropic.lib.tools import ToolError
 from sqlalchemy.engine import Engine
 
-from handlers.redact import redact_secrets
+from handlers.redact import describe_error
 from handlers.tools.blocking import Blocking, send_answer
 from handlers.tools.registry import CustomTool, ToolRegistry
 from store import tool_calls
@@ -70,9 +70,7 @@ def to_content(value: Any) -> list[dict[str, Any]]:
 
 def describe_exception(exc: BaseException) -> str:
     """Type and message only, secrets masked: never a traceback, never frame locals."""
-    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    masked = str(redact_secrets(None, "", {"error": text})["error"])
-    return masked[:MAX_ERROR_CHARS]
+    return describe_error(exc, MAX_ERROR_CHARS)
 
 
 async def run_tool(tool: CustomTool, arguments: dict[str, Any], timeout: float) -> ToolOutcome:

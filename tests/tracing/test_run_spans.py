@@ -74,3 +74,23 @@ def test_a_delivery_without_a_receipt_starts_a_trace_and_a_stranger_run_joins_th
     assert log.parent is not None
     assert f"{log.parent.span_id:016x}" == RECEIPT.split("-")[2]
     assert f"{log.context.trace_id:032x}" == RECEIPT.split("-")[1]
+
+
+def test_a_failed_run_exports_the_masked_error_not_the_exception(
+    exported: InMemorySpanExporter,
+) -> None:
+    spans = RunSpans()
+    secret = "Bearer plugin-token-0042"
+    try:
+        with spans.run("forward", view(4, RECEIPT), 1):
+            raise RuntimeError(f"target refused {secret}")
+    except RuntimeError:
+        pass
+    assert tracing.flush()
+    [run] = exported.get_finished_spans()
+    assert run.status.status_code.name == "ERROR"
+    assert run.status.description is not None
+    assert run.status.description.startswith("RuntimeError: target refused ")
+    assert (run.attributes or {})["error.type"] == "RuntimeError"
+    assert not run.events  # no exception event with its text and traceback
+    assert "plugin-token-0042" not in str(run.status.description)
