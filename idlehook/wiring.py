@@ -344,14 +344,16 @@ def service(
     client: AsyncAnthropic | None = None,
     on_new: Callable[[], None] | None = None,
     lifespan: ExtraLifespan | None = None,
+    checked: bool = False,
 ) -> Service:
     """The receiver app with, if `run_worker`, the worker and sweeps in its lifespan.
 
     `idlehook serve` runs it without: its worker is a process of its own, started and stopped
     by `lifespan` and woken by `on_new` (idlehook/supervise.py); tests and the demo run the
-    worker in-process.
+    worker in-process. `checked`: the caller ran `config_check.require` already (serve does,
+    before opening the store), so its warnings are not logged twice.
     """
-    if not run_worker:  # `serve`: refuse a config its worker process would refuse, at once
+    if not run_worker and not checked:  # refuse what its worker process would, at once
         config_check.require(settings)
     engine = engine or open_engine(settings)
     client = client or api_client(settings, engine)

@@ -91,6 +91,7 @@ def run_serve(args: argparse.Namespace) -> int:
         settings,
         engine=engine,
         run_worker=False,
+        checked=not args.no_worker,  # done above: its warnings logged once
         on_new=worker.wake if worker is not None else None,
         lifespan=_worker_process(worker) if worker is not None else None,
     )

@@ -39,13 +39,17 @@ def _idlehook(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[st
 
 
 @contextmanager
-def _serving(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, Path, Path]]:
-    """`serve --no-worker` on a free port: (its URL, its stdout file, its stderr file)."""
+def _serving(
+    tmp_path: Path, env: dict[str, str], worker: bool = False
+) -> Iterator[tuple[str, Path, Path]]:
+    """`serve --no-worker` (or with its worker process) on a free port: (its URL, its stdout
+    file, its stderr file)."""
     port = free_port()
     out, err = tmp_path / "serve.out", tmp_path / "serve.err"
+    command = SERVE if not worker else [a for a in SERVE if a != "--no-worker"]
     with out.open("wb") as o, err.open("wb") as e:
         proc = subprocess.Popen(
-            [*SERVE, "--host", "127.0.0.1", "--port", str(port)],
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             cwd=REPO,
             stdout=o,
@@ -86,6 +90,19 @@ def test_serve_says_where_it_listens_before_serving(tmp_path: Path, sqlite_url: 
     assert SECRET not in line + err.read_text()  # the key is counted, never shown
     # serve keeps its info lines (JSON, not on a terminal): the log of a server.
     assert '"event": "serve.open_files"' in err.read_text()
+
+
+def test_a_config_warning_is_logged_once_per_process(tmp_path: Path, sqlite_url: str) -> None:
+    # A type nothing knows is a warning (new types appear without notice), not a refusal.
+    routes = [{"event_types": ["zz.unheard_of"], "handlers": ["log"]}]
+    env = _env(tmp_path, sqlite_url, IDLEHOOK_ROUTES=json.dumps(routes))
+    with _serving(tmp_path, env, worker=True) as (_, _out, err):
+        wait_for(lambda: '"event": "worker.started"' in err.read_text(), timeout=30)
+        logged = err.read_text()
+    warnings = [line for line in logged.splitlines() if '"event": "config.warning"' in line]
+    # serve's own check (before it opens the store), and its worker process's: not three.
+    assert len(warnings) == 2, warnings
+    assert all("zz.unheard_of" in line for line in warnings)
 
 
 def test_serve_without_any_signing_key_refuses_to_start(tmp_path: Path, sqlite_url: str) -> None:
