@@ -241,6 +241,12 @@ class HandlerContext:
                 reads.result = reads.result.model_copy(update={"files": listed})
             return reads.result
 
+    def reread(self) -> None:
+        """Read the session afresh from here on, for this run only: the next `session()`,
+        `events()`, `files()` and `result()` call the API again. The delivery's other runs keep
+        the shared read. For a retry that must not reuse the read it failed on (archive)."""
+        self._reads = DeliveryReads()
+
     def shared_read(self) -> SessionRead | None:
         """What this delivery has read of the session so far, and when; None: nothing yet."""
         return self._reads.snapshot()

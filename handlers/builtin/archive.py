@@ -14,15 +14,34 @@ so a later turn's archive never loses an earlier turn's result.
 Idempotent: each object is written whole (renamed into place on a filesystem, one PUT on an
 object store), so a rerun rewrites the same content and a crash never leaves half a file. On a
 URL store the marker `_COMPLETE.json` (the turn, the event count, each file and its size) is
-written last, and readers trust a folder only when it is there and matches; a folder whose
-marker names a later turn keeps its files (only this turn's own `turns/` copy is written), so
-a late or duplicate run never rolls the folder back.
+written last, and readers trust a folder only when it is there and matches.
+
+Concurrent writers (a duplicate run, a run that lost its lease while its save still runs, the
+reaper's archiver outside the worker's lanes, two deployments on one bucket) have no
+compare-and-swap to lean on, so `save` re-checks instead: after its objects it re-reads the
+marker before writing its own, never writes one for a turn lower than the one there, makes
+`result.json` equal to its turn's `turns/` file byte for byte, and re-checks after every marker
+write (a few rounds). A save returns only once it has seen, after its own last write, the
+folder whole at its turn or later; a writer that finds a later turn's objects replaced by an
+earlier turn's (its own, from a stale read) raises `ArchiveRaced` and leaves the folder
+unarchived. Two writers of one session, whatever the interleaving of their calls, so end with
+the folder whole at the later turn, or not complete with one run failed, whose retry reads the
+session afresh (`ctx.reread()`, on `ArchiveRaced` at once and on every retry) and completes it
+(tests/handlers/test_archive_store.py tries every order switching within 24 store calls).
+
+What remains without compare-and-swap: a writer that dies (killed, not raising) after replacing
+another's objects leaves the folder unarchived while the other run has succeeded and recorded
+the save; a worker run is re-run when its lease lapses, the reaper's archiver is not, and the
+folder stays unarchived (never trusted wrongly) until the session's next archive. Three or more
+writers at once can, rarely, end with an earlier turn whole under an all-successful set of runs
+(a check-then-write window each). Stores are assumed to read their latest write (S3, GCS and
+filesystems do).
 """
 
 import asyncio
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +64,9 @@ RESTS = ("session.status_idle", "session.status_terminated")
 
 
 class ArchiveConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a URL refused for its password must not be quoted back (pydantic's
+    # errors carry `input_value`; wiring.archiver validates this table directly, no registry).
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     results_dir: Path | None = None  # None: the shared `results_dir` (ctx.config)
     list_files: bool = False
@@ -78,47 +99,96 @@ def turn_key(turn: int) -> str:
 
 
 class ArchiveRaced(RuntimeError):
-    """Another writer changed the folder between our objects and our marker, and the folder
-    cannot be described whole yet."""
+    """Another writer changed the folder while this one wrote it, and this writer cannot leave it
+    whole: the folder stays unarchived (no matching marker) and the run fails, to be retried
+    with a fresh read of the session."""
+
+
+# How many times one save re-checks the folder and rewrites its marker (or its objects) before
+# it gives up with ArchiveRaced: two writers settle in two or three; more means a third writer.
+ROUNDS = 4
 
 
 def save(store: ArchiveStore, session_id: str, turn: int, events: list[str], result: str) -> bool:
-    """Write the session's folder; False when a later turn is archived there already (only this
-    turn's own result file was written). Blocking: run it in a thread."""
+    """Write the session's folder; False when a later turn is archived there (only this turn's
+    own result file was written). Returns only once the folder was seen whole at this turn or a
+    later one; else raises ArchiveRaced. Blocking: run it in a thread."""
     transcript = "".join(events).encode("utf-8")
     text = result.encode("utf-8")
     own = f"{session_id}/{turn_key(turn)}"
-    if store.marked:
-        existing = read_marker(store, session_id)
-        if existing is not None and existing.turn > turn:
-            store.write(own, text)
-            return False
-    store.write(f"{session_id}/events.jsonl", transcript)
-    # The turn's own copy first: result.json, the latest, never runs ahead of its turn file.
-    store.write(own, text)
-    store.write(f"{session_id}/result.json", text)
-    if store.marked:
-        files = {
-            "events.jsonl": len(transcript),
-            turn_key(turn): len(text),
-            "result.json": len(text),
-        }
-        marker = Marker(session_id, turn, len(events), files)
-        store.write(f"{session_id}/{MARKER}", marker.encode())
-        if not matches(store, marker):
-            # Another worker wrote this folder meanwhile (a duplicate run, the reaper): describe
-            # what is there now, which every writer that looks derives the same way.
-            rebuilt = describe(store, session_id)
-            if rebuilt is None:
-                # Its other writer is not done: the folder stays unarchived, and the run's
-                # retry (raising retries it) finds it whole.
-                raise ArchiveRaced(f"{session_id}: archive folder changed while written")
-            store.write(f"{session_id}/{MARKER}", rebuilt.encode())
-    return True
+
+    def put() -> None:
+        store.write(f"{session_id}/events.jsonl", transcript)
+        # The turn's own copy first: result.json, the latest, never runs ahead of its turn file.
+        store.write(own, text)
+        store.write(f"{session_id}/result.json", text)
+
+    if not store.marked:
+        put()
+        return True
+    existing = read_marker(store, session_id)
+    if existing is not None and existing.turn > turn:
+        store.write(own, text)  # never in a later turn's marker: it cannot unmake that folder
+        return _seal(store, session_id, turn, None, None)
+    put()
+    files = {"events.jsonl": len(transcript), turn_key(turn): len(text), "result.json": len(text)}
+    return _seal(store, session_id, turn, Marker(session_id, turn, len(events), files), put)
+
+
+def _seal(
+    store: ArchiveStore,
+    session_id: str,
+    turn: int,
+    ours: Marker | None,
+    put: Callable[[], None] | None,
+) -> bool:
+    """Write the marker and re-check until the folder is whole at `turn` or later (True: at
+    `turn`); ArchiveRaced when it cannot be. `ours` describes what this writer just put (None:
+    it put nothing but its turn file); `put` puts it again.
+
+    Each round reads the marker right before writing one, and never writes one for a turn lower
+    than it (nor lower than `turn`): a folder only moves forward. Whoever writes last re-checks
+    after every other write, so a run that returns has seen the folder's final state whole."""
+    key = f"{session_id}/{MARKER}"
+    candidate: Marker | None = ours
+    for round_ in range(ROUNDS + 1):
+        current = read_marker(store, session_id)
+        if current is not None and current.turn >= turn and whole(store, current):
+            return current.turn == turn
+        if round_ == ROUNDS:
+            break
+        floor = max(turn, -1 if current is None else current.turn)
+        if candidate is None or candidate.turn < floor:
+            candidate = describe(store, session_id)
+            if candidate is None:
+                raise ArchiveRaced(f"{session_id}: another writer of the folder has not finished")
+        if candidate.turn < floor:
+            if put is None or (current is not None and current.turn > turn):
+                # A later turn's objects were replaced by an earlier one's (ours, or a late
+                # writer's) and this run has not got them: its retry, reading afresh, has.
+                raise ArchiveRaced(f"{session_id}: archive folder fell behind its marker")
+            put()  # an earlier turn's writer replaced this one's objects: put them back
+            candidate = ours
+            continue
+        store.write(key, candidate.encode())
+        candidate = None  # from here on, describe what is there
+    raise ArchiveRaced(f"{session_id}: archive folder still changing after {ROUNDS} rounds")
+
+
+def whole(store: ArchiveStore, marker: Marker) -> bool:
+    """`marker` matches the folder, and result.json is its turn's own result byte for byte."""
+    if not matches(store, marker):
+        return False
+    latest = store.read(f"{marker.session_id}/result.json")
+    return latest is not None and latest == store.read(
+        f"{marker.session_id}/{turn_key(marker.turn)}"
+    )
 
 
 def describe(store: ArchiveStore, session_id: str) -> Marker | None:
-    """The marker for the folder as it stands (None: its transcript or results are missing)."""
+    """The marker for the folder as it stands: the turn its transcript has reached, that turn's
+    result file, and result.json made equal to it (rewritten from it when not). None: the
+    transcript or that turn's result is missing (a writer has not finished)."""
     data = store.read(f"{session_id}/events.jsonl")
     if data is None:
         return None
@@ -129,12 +199,12 @@ def describe(store: ArchiveStore, session_id: str) -> Marker | None:
             turn += json.loads(line).get("type") in RESTS
         except (ValueError, AttributeError):
             return None
-    files = {"events.jsonl": len(data)}
-    for name in (turn_key(turn), "result.json"):
-        size = store.size(f"{session_id}/{name}")
-        if size is None:
-            return None
-        files[name] = size
+    result = store.read(f"{session_id}/{turn_key(turn)}")
+    if result is None:
+        return None
+    if store.read(f"{session_id}/result.json") != result:
+        store.write(f"{session_id}/result.json", result)
+    files = {"events.jsonl": len(data), turn_key(turn): len(result), "result.json": len(result)}
     return Marker(session_id, turn, len(lines), files)
 
 
@@ -159,9 +229,24 @@ class ArchiveHandler:
         session_id = ctx.session_id
         if not _SAFE_ID.match(session_id):
             raise PermanentError(f"session id unsafe as a directory name: {session_id!r}")
+        store = self.store(ctx.config.results_dir)
+        if ctx.attempt > 1:
+            # A retry reads afresh: the delivery's shared read may be the very transcript that
+            # lost a race (ArchiveRaced) to a later turn's, and would lose it again.
+            ctx.reread()
+        try:
+            await self._save(ctx, store)
+        except ArchiveRaced as raced:
+            # Once more at once, on a fresh read (the reaper's archiver has no retry of its
+            # own); raced again, the run fails and the worker retries it later.
+            ctx.log.info("archive.raced", reason=str(raced))
+            ctx.reread()
+            await self._save(ctx, store)
+
+    async def _save(self, ctx: HandlerContext, store: ArchiveStore) -> None:
+        session_id = ctx.session_id
         result = await ctx.result(files=self.config.list_files)
         events = await ctx.events()
-        store = self.store(ctx.config.results_dir)
         lines = [json.dumps(e.to_dict(mode="json"), ensure_ascii=False) + "\n" for e in events]
         text = json.dumps(result.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
         turn = turn_number(events)

@@ -7,7 +7,10 @@ written whole: a PUT on an object store, a temporary name moved over the old one
 filesystem, so a reader never sees half an object. On a URL store a folder is trusted only once
 its marker (`_COMPLETE.json`, written last) exists and every file it lists has the size it
 says: a crash between the objects and the marker leaves the folder unarchived, and the retry
-completes it. The local directory keeps what it always wrote (no marker): each file there is
+completes it. `complete()` checks sizes only (cheap, for readers); the writer
+(archive.save, which also says what concurrent writers can and cannot do to a folder) checks
+result.json against its turn's file byte for byte before it trusts its own marker. The local
+directory keeps what it always wrote (no marker): each file there is
 renamed into place whole, and folders written before the marker existed still read.
 
 Every call here blocks (fsspec's sync API): the async handler runs them in `asyncio.to_thread`.
