@@ -242,6 +242,16 @@ def _archive(settings: Settings, found: _Findings) -> None:
             found.errors.append(problem)
 
 
+def _tracing(settings: Settings, found: _Findings) -> None:
+    """`[tracing] enabled`: the `tracing` extra installed (else the start fails later)."""
+    if settings.tracing.enabled:
+        from idlehook.tracing import missing_packages
+
+        problem = missing_packages()
+        if problem:
+            found.errors.append(problem)
+
+
 def check(settings: Settings) -> ConfigReport:
     """Everything wrong with `settings` that would otherwise fail silently, and its routes."""
     rules = list(settings.routes)
@@ -254,6 +264,7 @@ def check(settings: Settings) -> ConfigReport:
         _plugin_tables(settings, wanted & set(installed), found)
     _answering(settings, rules, wanted, found)
     _archive(settings, found)
+    _tracing(settings, found)
     tools = _tools(settings, found) if ANSWER in wanted or _tools_configured(settings) else None
     return ConfigReport(
         routes=effective_routes(rules),

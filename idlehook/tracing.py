@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import structlog
 from opentelemetry import trace
 
+from idlehook.errors import ConfigError
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -53,6 +55,9 @@ def configure(settings: "Settings", *, role: str, exporter: "SpanExporter | None
     if _provider is not None:
         log.warning("tracing.already_configured")
         return True
+    problem = missing_packages()
+    if problem is not None:
+        raise ConfigError(problem)
     provider = build_provider(settings.tracing, role=role, exporter=exporter)
     trace.set_tracer_provider(provider)
     _provider = provider
@@ -70,6 +75,29 @@ def configure(settings: "Settings", *, role: str, exporter: "SpanExporter | None
         endpoint=_shown(endpoint) if endpoint else "from OTEL_EXPORTER_OTLP_*",
     )
     return True
+
+
+# What `[tracing] enabled` imports beyond `opentelemetry-api` (the `tracing` extra).
+NEEDED = (
+    "opentelemetry.sdk.trace",
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.instrumentation.httpx",
+)
+
+
+def missing_packages() -> str | None:
+    """Why tracing cannot start here (one line), or None: the extra's modules import."""
+    import importlib
+
+    for module in NEEDED:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return (
+                f"[tracing] enabled needs {module.rsplit('.', 1)[0]}, not installed: "
+                "pip install 'idlehook[tracing]'"
+            )
+    return None
 
 
 def build_provider(
