@@ -77,18 +77,34 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FsspecStor
         s.fs.rm(s.root, recursive=True)
 
 
-class Recording:
-    """A store that records the order of its writes and can fail one key (a crash)."""
+class WritesWatched:
+    """A store passed through to `inner`, but for `write`, which a subclass watches."""
 
-    def __init__(self, inner: ArchiveStore, fail_on: str | None = None) -> None:
+    def __init__(self, inner: ArchiveStore) -> None:
         self.inner = inner
         self.marked = inner.marked
-        self.fail_on = fail_on
-        self.written: list[str] = []
-        self.after_write: dict[str, bytes] = {}  # key written -> another writer's object then
 
     def address(self, key: str) -> str:
         return self.inner.address(key)
+
+    def read(self, key: str) -> bytes | None:
+        return self.inner.read(key)
+
+    def size(self, key: str) -> int | None:
+        return self.inner.size(key)
+
+    def keys(self, prefix: str) -> list[str]:
+        return self.inner.keys(prefix)
+
+
+class Recording(WritesWatched):
+    """A store that records the order of its writes and can fail one key (a crash)."""
+
+    def __init__(self, inner: ArchiveStore, fail_on: str | None = None) -> None:
+        super().__init__(inner)
+        self.fail_on = fail_on
+        self.written: list[str] = []
+        self.after_write: dict[str, bytes] = {}  # key written -> another writer's object then
 
     def write(self, key: str, data: bytes) -> None:
         if self.fail_on is not None and key.endswith(self.fail_on):
@@ -99,15 +115,6 @@ class Recording:
             for other, body in self.after_write.items():
                 self.inner.write(other, body)  # a concurrent writer's object lands now
             self.after_write = {}
-
-    def read(self, key: str) -> bytes | None:
-        return self.inner.read(key)
-
-    def size(self, key: str) -> int | None:
-        return self.inner.size(key)
-
-    def keys(self, prefix: str) -> list[str]:
-        return self.inner.keys(prefix)
 
 
 def test_objects_round_trip_whole_and_leave_no_temporary_names(store: FsspecStore) -> None:
@@ -461,13 +468,12 @@ def test_two_writers_end_complete_at_the_higher_turn_or_failed_and_retried(
     assert tried == 1089
 
 
-class Hooked:
+class Hooked(WritesWatched):
     """A store that runs `then` (the other writer's steps) just before or after the `nth` write
     of a key ending in `suffix`."""
 
     def __init__(self, inner: ArchiveStore) -> None:
-        self.inner = inner
-        self.marked = inner.marked
+        super().__init__(inner)
         self.hooks: list[tuple[str, str, int, Callable[[], object]]] = []
         self.writes: dict[str, int] = {}
 
@@ -482,24 +488,12 @@ class Hooked:
                 self.hooks.remove(hook)
                 then()
 
-    def address(self, key: str) -> str:
-        return self.inner.address(key)
-
     def write(self, key: str, data: bytes) -> None:
         for suffix in {h[1] for h in self.hooks if key.endswith(h[1])}:
             self.writes[suffix] = self.writes.get(suffix, 0) + 1
         self._fire("before", key)
         self.inner.write(key, data)
         self._fire("after", key)
-
-    def read(self, key: str) -> bytes | None:
-        return self.inner.read(key)
-
-    def size(self, key: str) -> int | None:
-        return self.inner.size(key)
-
-    def keys(self, prefix: str) -> list[str]:
-        return self.inner.keys(prefix)
 
 
 def put(store: ArchiveStore, w: Writer) -> bool:
