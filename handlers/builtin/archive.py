@@ -230,9 +230,11 @@ class ArchiveHandler:
         if not _SAFE_ID.match(session_id):
             raise PermanentError(f"session id unsafe as a directory name: {session_id!r}")
         store = self.store(ctx.config.results_dir)
-        if ctx.attempt > 1:
-            # A retry reads afresh: the delivery's shared read may be the very transcript that
-            # lost a race (ArchiveRaced) to a later turn's, and would lose it again.
+        if ctx.attempt > 1 and store.marked:
+            # A retry on a URL store reads afresh: the delivery's shared read may be the very
+            # transcript that lost a race (ArchiveRaced) to a later turn's, and would lose it
+            # again. The local directory has no race to lose: its retry keeps the shared read
+            # (two API calls fewer).
             ctx.reread()
         try:
             await self._save(ctx, store)
